@@ -1,0 +1,1 @@
+"""HTTP adapter: turns HTTP into FhirRequests and FhirResponses into HTTP. Thin on purpose."""

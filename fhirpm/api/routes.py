@@ -1,0 +1,98 @@
+"""The FHIR endpoint: every path under the base goes through one Starlette endpoint into
+`Interactions.dispatch`. Errors become OperationOutcomes here and nowhere else."""
+
+from __future__ import annotations
+
+import logging
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from fhirpm.api.negotiation import (
+    check_request_media_type,
+    response_media_type,
+    wants_pretty,
+)
+from fhirpm.errors import Category, FhirError
+from fhirpm.fhir import jsonio
+from fhirpm.repository.interactions import FhirRequest, FhirResponse, Interactions
+
+log = logging.getLogger("fhirpm.api")
+
+_FORWARDED_HEADERS = ("if-match", "if-none-match", "if-modified-since", "if-none-exist",
+                      "prefer", "accept")
+_BODY_METHODS = ("POST", "PUT", "PATCH")
+
+
+class FhirEndpoint:
+    def __init__(self, interactions: Interactions, base_url: str, max_body_bytes: int,
+                 mount: str) -> None:
+        self.interactions = interactions
+        self.base_url = base_url
+        self.max_body_bytes = max_body_bytes
+        self.mount = mount
+
+    async def handle(self, request: Request) -> Response:
+        params = request.query_params
+        media = "application/fhir+json"
+        pretty = wants_pretty(params.get("_pretty"))
+        try:
+            media = response_media_type(params.get("_format"), request.headers.get("accept"))
+            fhir_request = await self._fhir_request(request)
+            answer = await self.interactions.dispatch(fhir_request)
+            return _render(answer, media, pretty)
+        except FhirError as err:
+            return error_response(err, media, pretty)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            err = FhirError(Category.INTERNAL, "Internal server error; see the server log")
+            return error_response(err, media, pretty)
+
+    async def _fhir_request(self, request: Request) -> FhirRequest:
+        method = request.method
+        body = None
+        if method in _BODY_METHODS:
+            check_request_media_type(request.headers.get("content-type"), method)
+            body = await self._read_body(request)
+        path = request.url.path[len(self.mount):].strip("/")
+        headers = {h: request.headers[h] for h in _FORWARDED_HEADERS if h in request.headers}
+        return FhirRequest(method=method, path=path, base=self.base_url,
+                           params=tuple(request.query_params.multi_items()),
+                           headers=headers, body=body)
+
+    async def _read_body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise _too_large(self.max_body_bytes)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise _too_large(self.max_body_bytes)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _too_large(limit: int) -> FhirError:
+    return FhirError(Category.TOO_LARGE, f"Request body is larger than {limit} bytes")
+
+
+def _render(answer: FhirResponse, media: str, pretty: bool) -> Response:
+    body = answer.body
+    if body is not None and pretty:
+        body = jsonio.dumps(jsonio.loads(body), pretty=True)
+    headers = dict(answer.headers)
+    if answer.status == 304:
+        return Response(status_code=304, headers=headers)
+    return Response(content=body, status_code=answer.status, headers=headers,
+                    media_type=f"{media}; charset=utf-8" if body is not None else None)
+
+
+def error_response(err: FhirError, media: str = "application/fhir+json",
+                   pretty: bool = False) -> Response:
+    return Response(content=jsonio.dumps(err.outcome(), pretty=pretty),
+                    status_code=err.status, headers=err.headers,
+                    media_type=f"{media}; charset=utf-8")
+

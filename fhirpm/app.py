@@ -1,0 +1,68 @@
+"""The composition root: `create_app(settings, store)` wires every part, and nothing else
+constructs them. Config reaches each part as an argument."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.routing import Route
+
+from fhirpm import __version__
+from fhirpm.api.routes import FhirEndpoint
+from fhirpm.config import Settings
+from fhirpm.fhir.validation import FhirkitValidator
+from fhirpm.repository import Repository
+from fhirpm.repository.interactions import Interactions
+from fhirpm.search.extract import BasicIndexer
+from fhirpm.storage.factory import store_from_settings
+from fhirpm.storage.port import ResourceStore
+
+log = logging.getLogger("fhirpm")
+
+FHIR_MOUNT = "/fhir"
+_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+def build_interactions(settings: Settings, store: ResourceStore) -> Interactions:
+    """Everything below HTTP: repository, interactions and the packages that extend them."""
+    from fhirpm.api import capability
+    from fhirpm.operations import install as install_operations
+    from fhirpm.repository import bundle
+
+    repo = Repository(store, FhirkitValidator(), BasicIndexer())
+    interactions = Interactions(repo, default_count=settings.default_count,
+                                max_count=settings.max_count)
+    bundle.install(interactions)
+    capability.install(interactions)
+    install_operations(interactions)
+    return interactions
+
+
+def create_app(settings: Settings | None = None, store: ResourceStore | None = None) -> FastAPI:
+    settings = settings or Settings()
+    store = store or store_from_settings(settings)
+    interactions = build_interactions(settings, store)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await store.open()
+        log.info("fhirpm ready", extra={"base_url": settings.fhir_base,
+                                         "store": settings.store_url})
+        try:
+            yield
+        finally:
+            await store.close()
+
+    app = FastAPI(title="fhirpm", version=__version__, lifespan=lifespan,
+                  docs_url="/docs", openapi_url="/openapi.json")
+    endpoint = FhirEndpoint(interactions, settings.fhir_base, settings.max_body_bytes,
+                            FHIR_MOUNT)
+    app.router.routes.append(Route(FHIR_MOUNT, endpoint.handle, methods=_METHODS))
+    app.router.routes.append(Route(FHIR_MOUNT + "/{path:path}", endpoint.handle, methods=_METHODS))
+    app.state.interactions = interactions
+    app.state.store = store
+    app.state.settings = settings
+    return app

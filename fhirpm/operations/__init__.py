@@ -1,0 +1,9 @@
+"""FHIR operations ($validate, ...): one module per operation, registered by name."""
+
+from __future__ import annotations
+
+from fhirpm.repository.interactions import Interactions
+
+
+def install(interactions: Interactions) -> None:
+    """Register every operation with the interactions router."""

@@ -1,0 +1,238 @@
+"""Repository: FHIR interactions over a ResourceStore, framework-neutral.
+
+Each write runs in a unit of work; callers that group writes (transaction bundles) pass
+their own `uow` so everything commits together. Validation and index extraction happen
+here, once, before the store sees the bytes that will be served from then on.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fhirpm.errors import Category, FhirError
+from fhirpm.fhir import jsonio
+from fhirpm.fhir.types import is_resource_type, is_valid_id
+from fhirpm.fhir.validation import Validator
+from fhirpm.search.extract import Indexer
+from fhirpm.storage.port import (
+    HistoryQuery,
+    ResourceStore,
+    ResourceVersion,
+    UnitOfWork,
+    VersionConflict,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    version: ResourceVersion
+    created: bool  # a new resource (201) rather than a new version of one (200)
+    changed: bool = True  # False when an update had identical content (no new version)
+
+
+def now_instant() -> str:
+    """The current time as a fixed-width FHIR instant (comparable as text)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _content_key(resource: dict[str, Any]) -> bytes:
+    """The resource without server-managed meta, for 'identical content' comparison."""
+    meta = {k: v for k, v in (resource.get("meta") or {}).items()
+            if k not in ("versionId", "lastUpdated")}
+    body = {k: v for k, v in resource.items() if k not in ("meta", "id")}
+    if meta:
+        body["meta"] = meta
+    return jsonio.dumps(body, sort_keys=True)
+
+
+class Repository:
+    def __init__(self, store: ResourceStore, validator: Validator, indexer: Indexer) -> None:
+        self.store = store
+        self.validator = validator
+        self.indexer = indexer
+
+    # -- units of work --------------------------------------------------------------
+
+    @asynccontextmanager
+    async def unit(self, uow: UnitOfWork | None) -> AsyncIterator[UnitOfWork]:
+        """Reuse the caller's unit of work, or open (and commit) a new one."""
+        if uow is not None:
+            yield uow
+            return
+        async with self.store.unit_of_work() as own:
+            yield own
+
+    # -- reads ----------------------------------------------------------------------
+
+    async def read(self, type: str, id: str) -> ResourceVersion:
+        check_type(type)
+        found = await self.store.read(type, id)
+        if found is None:
+            raise FhirError(Category.NOT_FOUND, f"{type}/{id} is not known")
+        if found.deleted:
+            raise FhirError(Category.DELETED, f"{type}/{id} was deleted",
+                            headers=version_headers(found))
+        return found
+
+    async def vread(self, type: str, id: str, version: str) -> ResourceVersion:
+        check_type(type)
+        if not version.isdigit():
+            raise FhirError(Category.NOT_FOUND, f"{type}/{id} has no version {version!r}")
+        found = await self.store.vread(type, id, int(version))
+        if found is None:
+            if await self.store.read(type, id) is None:
+                raise FhirError(Category.NOT_FOUND, f"{type}/{id} is not known")
+            raise FhirError(Category.NOT_FOUND, f"{type}/{id} has no version {version}")
+        if found.deleted:
+            raise FhirError(Category.DELETED, f"{type}/{id} version {version} is a deletion",
+                            headers=version_headers(found))
+        return found
+
+    async def history(self, query: HistoryQuery) -> list[ResourceVersion]:
+        if query.type is not None:
+            check_type(query.type)
+        if query.id is not None and await self.store.read(query.type or "", query.id) is None:
+            raise FhirError(Category.NOT_FOUND, f"{query.type}/{query.id} is not known")
+        return await self.store.history(query)
+
+    # -- writes ---------------------------------------------------------------------
+
+    async def create(self, type: str, resource: dict[str, Any], *,
+                     uow: UnitOfWork | None = None, id: str | None = None) -> WriteResult:
+        """Create with a server-assigned id (or `id`, used by transactions' urn:uuid)."""
+        check_body(type, resource)
+        async with self.unit(uow) as unit:
+            return await self._write(unit, type, id or new_id(), resource, None, "POST")
+
+    async def update(self, type: str, id: str, resource: dict[str, Any], *,
+                     if_match: str | None = None, uow: UnitOfWork | None = None) -> WriteResult:
+        """PUT: update, or create with the client's id (update-as-create)."""
+        check_body(type, resource)
+        if not is_valid_id(id):
+            raise FhirError(Category.INVALID, f"{id!r} is not a valid FHIR id")
+        body_id = resource.get("id")
+        if body_id is None:
+            raise FhirError(Category.INVALID, "An update must carry the resource id in the body",
+                            expression=(f"{type}.id",))
+        if body_id != id:
+            raise FhirError(Category.INVALID, f"Body id {body_id!r} does not match URL id {id!r}",
+                            expression=(f"{type}.id",))
+        async with self.unit(uow) as unit:
+            current = await unit.current(type, id)
+            check_if_match(current, if_match, type, id)
+            return await self._write(unit, type, id, resource, current, "PUT")
+
+    async def replace(self, unit: UnitOfWork, current: ResourceVersion,
+                      resource: dict[str, Any], method: str) -> WriteResult:
+        """Store a new version of an existing resource (patch, merges) inside `unit`."""
+        check_body(current.type, resource)
+        return await self._write(unit, current.type, current.id, resource, current, method)
+
+    async def delete(self, type: str, id: str, *, if_match: str | None = None,
+                     uow: UnitOfWork | None = None) -> WriteResult | None:
+        """Delete as a versioned tombstone; None when there was nothing to delete."""
+        check_type(type)
+        async with self.unit(uow) as unit:
+            current = await unit.current(type, id)
+            check_if_match(current, if_match, type, id)
+            if current is None or current.deleted:
+                return None
+            tombstone = ResourceVersion(type, id, current.version + 1,
+                                        _after(current), "DELETE", b"")
+            await self._put(unit, tombstone, [], current.version)
+            return WriteResult(tombstone, created=False)
+
+    async def _write(self, unit: UnitOfWork, type: str, id: str, resource: dict[str, Any],
+                     current: ResourceVersion | None, method: str) -> WriteResult:
+        live = current is not None and not current.deleted
+        if live and _content_key(resource) == _content_key(jsonio.loads(current.body)):
+            return WriteResult(current, created=False, changed=False)
+        version_number = current.version + 1 if current else 1
+        last_updated = _after(current)
+        stored = _with_meta(resource, id, version_number, last_updated)
+        body = jsonio.dumps(stored)
+        issues = self.validator.validate(stored, body)
+        errors = [i for i in issues if i.severity in ("error", "fatal")]
+        if errors:
+            raise FhirError(Category.INVALID, errors[0].diagnostics, issues=errors)
+        version = ResourceVersion(type, id, version_number, last_updated, method, body)
+        await self._put(unit, version, self.indexer.extract(type, stored),
+                        current.version if current else 0)
+        return WriteResult(version, created=not live)
+
+    async def _put(self, unit: UnitOfWork, version: ResourceVersion, entries: list,
+                   expected: int) -> None:
+        try:
+            await unit.put(version, entries, expected_version=expected)
+        except VersionConflict as exc:
+            raise FhirError(Category.CONFLICT, f"Concurrent write: {exc}") from None
+
+
+def _after(current: ResourceVersion | None) -> str:
+    """Now, but never earlier than the current version (clocks can step back)."""
+    stamp = now_instant()
+    return max(stamp, current.last_updated) if current else stamp
+
+
+def _with_meta(resource: dict[str, Any], id: str, version: int,
+               last_updated: str) -> dict[str, Any]:
+    meta = dict(resource.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = last_updated
+    rest = {k: v for k, v in resource.items() if k not in ("resourceType", "id", "meta")}
+    return {"resourceType": resource["resourceType"], "id": id, "meta": meta, **rest}
+
+
+def check_type(type: str) -> None:
+    if not is_resource_type(type):
+        raise FhirError(Category.UNKNOWN_TYPE,
+                        f"{type!r} is not a FHIR R4 resource type this server supports")
+
+
+def check_body(type: str, resource: Any) -> None:
+    check_type(type)
+    if not isinstance(resource, dict):
+        raise FhirError(Category.STRUCTURE, "The body must be a JSON object (a FHIR resource)")
+    body_type = resource.get("resourceType")
+    if body_type is None:
+        raise FhirError(Category.STRUCTURE, "The body has no resourceType")
+    if body_type != type:
+        raise FhirError(Category.INVALID,
+                        f"The body is a {body_type!r} but the URL says {type!r}",
+                        expression=(f"{type}.resourceType",))
+
+
+def check_if_match(current: ResourceVersion | None, if_match: str | None,
+                   type: str, id: str) -> None:
+    if if_match is None:
+        return
+    wanted = parse_etag(if_match)
+    have = str(current.version) if current and not current.deleted else None
+    if wanted != have:
+        raise FhirError(Category.PRECONDITION_FAILED,
+                        f"If-Match {if_match} does not match {type}/{id} "
+                        f"(current version {have or 'none'})")
+
+
+def parse_etag(value: str) -> str:
+    """`W/"3"` -> `3` (also tolerates a bare `3` or `"3"`)."""
+    value = value.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    return value.strip('"')
+
+
+def version_headers(version: ResourceVersion) -> dict[str, str]:
+    from email.utils import format_datetime
+
+    lu = datetime.fromisoformat(version.last_updated)
+    return {"ETag": f'W/"{version.version}"', "Last-Modified": format_datetime(lu, usegmt=True)}

@@ -1,0 +1,116 @@
+"""The storage port: what the repository needs from a store, in plain primitives.
+
+At this layer there is no HTTP, no validation and no FHIR semantics beyond versions: the
+repository decides ids, versions, timestamps and index entries; a store keeps them
+atomically. Every committed version is also an entry in the store's change log (its `seq`),
+which consumers (audit, subscriptions, HL7 v2 outbound, reminders) follow with durable
+cursors. Adapters translate driver exceptions into `StoreError`s at their edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from fhirpm.search.values import IndexEntry
+
+if TYPE_CHECKING:
+    from fhirpm.search.query import SearchQuery, SearchResult
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceVersion:
+    """One version of one resource, exactly as stored and served."""
+
+    type: str
+    id: str
+    version: int
+    last_updated: str  # FHIR instant, UTC, fixed width: comparable as text
+    method: str  # the interaction that made it: POST | PUT | PATCH | DELETE
+    body: bytes  # the served JSON (with id and meta); b"" for a deletion tombstone
+    seq: int = 0  # position in the change log; assigned by the store on commit
+
+    @property
+    def deleted(self) -> bool:
+        return self.method == "DELETE"
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    type: str | None = None  # None: system level
+    id: str | None = None  # None: type (or system) level
+    since: str | None = None  # versions with last_updated >= since
+    at: str | None = None  # the versions current at this instant
+    count: int = 20
+    before_seq: int | None = None  # keyset cursor: only versions older than this seq
+
+
+class StoreError(Exception):
+    """A store failure the repository can explain to the client."""
+
+
+class VersionConflict(StoreError):
+    """The current version changed under a write (another writer won the race)."""
+
+
+class UniqueKeyTaken(StoreError):
+    """A unique match key (conditional create) is already held by another resource."""
+
+    def __init__(self, key: str, holder: tuple[str, str] | None = None) -> None:
+        super().__init__(key)
+        self.key = key
+        self.holder = holder
+
+
+class UnitOfWork(Protocol):
+    """All writes made through one unit of work commit together or not at all."""
+
+    async def current(self, type: str, id: str) -> ResourceVersion | None:
+        """The current version (tombstones included), seeing this unit's own writes."""
+
+    async def put(
+        self,
+        version: ResourceVersion,
+        index: Sequence[IndexEntry],
+        *,
+        expected_version: int,
+        unique_keys: Sequence[str] = (),
+    ) -> None:
+        """Store a new current version and its index entries.
+
+        `expected_version` is the version the writer based its change on (0: none exists);
+        a mismatch raises VersionConflict. `unique_keys` are claimed for this resource;
+        one held by another live resource raises UniqueKeyTaken.
+        """
+
+    async def search(self, query: SearchQuery) -> SearchResult:
+        """Search inside the unit, seeing its own writes (conditional interactions)."""
+
+
+class ResourceStore(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def unit_of_work(self) -> AbstractAsyncContextManager[UnitOfWork]: ...
+
+    async def read(self, type: str, id: str) -> ResourceVersion | None:
+        """The current version, or the tombstone if deleted, or None if never existed."""
+
+    async def vread(self, type: str, id: str, version: int) -> ResourceVersion | None: ...
+
+    async def history(self, query: HistoryQuery) -> list[ResourceVersion]:
+        """Versions newest first (by seq), at most `query.count`."""
+
+    async def history_count(self, query: HistoryQuery) -> int: ...
+
+    async def changes(self, after_seq: int, limit: int) -> list[ResourceVersion]:
+        """The change log in commit order: versions with seq > after_seq (bodies included)."""
+
+    async def get_cursor(self, consumer: str) -> int: ...
+
+    async def set_cursor(self, consumer: str, seq: int) -> None: ...
+
+    async def search(self, query: SearchQuery) -> SearchResult: ...

@@ -1,0 +1,5 @@
+"""SQLite adapter (embedded default)."""
+
+from fhirpm.storage.sqlite.store import SqliteResourceStore
+
+__all__ = ["SqliteResourceStore"]

@@ -1,0 +1,116 @@
+"""Search index tables for SQLite: one table per value kind, rows keyed by resource `rid`.
+
+Written in the same transaction as the version they describe; replaced wholesale on every
+new version (a deleted resource keeps no index rows).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from fhirpm.search.values import (
+    DateValue,
+    IndexEntry,
+    NumberValue,
+    QuantityValue,
+    ReferenceValue,
+    StringValue,
+    TokenValue,
+    UriValue,
+)
+
+DDL = """
+CREATE TABLE ix_string (rid INTEGER NOT NULL, param TEXT NOT NULL, norm TEXT NOT NULL,
+                        raw TEXT NOT NULL);
+CREATE INDEX ix_string_lookup ON ix_string (param, norm);
+CREATE INDEX ix_string_rid ON ix_string (rid);
+
+CREATE TABLE ix_token (rid INTEGER NOT NULL, param TEXT NOT NULL, system TEXT, code TEXT,
+                       text TEXT);
+CREATE INDEX ix_token_code ON ix_token (param, code, system);
+CREATE INDEX ix_token_system ON ix_token (param, system);
+CREATE INDEX ix_token_rid ON ix_token (rid);
+
+CREATE TABLE ix_reference (rid INTEGER NOT NULL, param TEXT NOT NULL, ref_type TEXT,
+                           ref_id TEXT, url TEXT, version TEXT, id_system TEXT,
+                           id_value TEXT);
+CREATE INDEX ix_reference_target ON ix_reference (param, ref_id, ref_type);
+CREATE INDEX ix_reference_url ON ix_reference (param, url);
+CREATE INDEX ix_reference_identifier ON ix_reference (param, id_value, id_system);
+CREATE INDEX ix_reference_rid ON ix_reference (rid);
+
+CREATE TABLE ix_date (rid INTEGER NOT NULL, param TEXT NOT NULL, lo INTEGER NOT NULL,
+                      hi INTEGER NOT NULL);
+CREATE INDEX ix_date_lo ON ix_date (param, lo);
+CREATE INDEX ix_date_hi ON ix_date (param, hi);
+CREATE INDEX ix_date_rid ON ix_date (rid);
+
+CREATE TABLE ix_number (rid INTEGER NOT NULL, param TEXT NOT NULL, value REAL NOT NULL,
+                        lo REAL NOT NULL, hi REAL NOT NULL);
+CREATE INDEX ix_number_value ON ix_number (param, value);
+CREATE INDEX ix_number_rid ON ix_number (rid);
+
+CREATE TABLE ix_quantity (rid INTEGER NOT NULL, param TEXT NOT NULL, value REAL NOT NULL,
+                          lo REAL NOT NULL, hi REAL NOT NULL, system TEXT, code TEXT,
+                          unit TEXT);
+CREATE INDEX ix_quantity_value ON ix_quantity (param, value);
+CREATE INDEX ix_quantity_rid ON ix_quantity (rid);
+
+CREATE TABLE ix_uri (rid INTEGER NOT NULL, param TEXT NOT NULL, uri TEXT NOT NULL);
+CREATE INDEX ix_uri_lookup ON ix_uri (param, uri);
+CREATE INDEX ix_uri_rid ON ix_uri (rid);
+"""
+
+TABLES = ("ix_string", "ix_token", "ix_reference", "ix_date", "ix_number", "ix_quantity",
+          "ix_uri")
+
+
+def _row(rid: int, entry: IndexEntry) -> tuple[str, tuple]:
+    v = entry.value
+    match v:
+        case StringValue():
+            return "ix_string", (rid, entry.param, v.norm, v.raw)
+        case TokenValue():
+            return "ix_token", (rid, entry.param, v.system, v.code, v.text)
+        case ReferenceValue():
+            ident = v.identifier
+            return "ix_reference", (
+                rid, entry.param, v.type, v.id, v.url, v.version,
+                ident.system if ident else None, ident.code if ident else None,
+            )
+        case DateValue():
+            return "ix_date", (rid, entry.param, v.lo, v.hi)
+        case NumberValue():
+            return "ix_number", (rid, entry.param, v.value, v.lo, v.hi)
+        case QuantityValue():
+            return "ix_quantity", (rid, entry.param, v.value, v.lo, v.hi, v.system, v.code,
+                                   v.unit)
+        case UriValue():
+            return "ix_uri", (rid, entry.param, v.uri)
+    raise TypeError(f"unknown index value {type(v).__name__}")
+
+
+_INSERT = {
+    "ix_string": "INSERT INTO ix_string VALUES (?,?,?,?)",
+    "ix_token": "INSERT INTO ix_token VALUES (?,?,?,?,?)",
+    "ix_reference": "INSERT INTO ix_reference VALUES (?,?,?,?,?,?,?,?)",
+    "ix_date": "INSERT INTO ix_date VALUES (?,?,?,?)",
+    "ix_number": "INSERT INTO ix_number VALUES (?,?,?,?,?)",
+    "ix_quantity": "INSERT INTO ix_quantity VALUES (?,?,?,?,?,?,?,?)",
+    "ix_uri": "INSERT INTO ix_uri VALUES (?,?,?)",
+}
+
+
+def replace(conn: sqlite3.Connection, rid: int, entries: Sequence[IndexEntry],
+            had_rows: bool) -> None:
+    """Replace the index rows of resource `rid` with `entries`."""
+    if had_rows:
+        for table in TABLES:
+            conn.execute(f"DELETE FROM {table} WHERE rid = ?", (rid,))
+    grouped: dict[str, list[tuple]] = {}
+    for entry in entries:
+        table, row = _row(rid, entry)
+        grouped.setdefault(table, []).append(row)
+    for table, rows in grouped.items():
+        conn.executemany(_INSERT[table], rows)

@@ -1,0 +1,267 @@
+"""The SQLite adapter of the ResourceStore port: the embedded default.
+
+WAL mode; all writes go through one writer thread (SQLite has one writer anyway), serialised
+by an asyncio lock per unit of work; reads run in a small pool of reader threads, each with
+its own connection, so the event loop never blocks on the database. Several server processes
+may share one file: BEGIN IMMEDIATE and busy_timeout serialise their writers.
+
+Durability: WAL with synchronous=NORMAL survives a killed process (kill -9) with every
+committed transaction whole; set `synchronous="FULL"` to also survive power loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from fhirpm.search.query import SearchQuery, SearchResult
+from fhirpm.search.values import IndexEntry
+from fhirpm.storage.port import (
+    HistoryQuery,
+    ResourceVersion,
+    UniqueKeyTaken,
+    VersionConflict,
+)
+from fhirpm.storage.sqlite import index, schema
+from fhirpm.storage.sqlite import search as sql_search
+
+T = TypeVar("T")
+
+_VERSION_COLUMNS = "h.type, h.id, h.version, h.last_updated, h.method, h.body, h.seq"
+
+
+def version_from_row(row: tuple) -> ResourceVersion:
+    return ResourceVersion(
+        type=row[0], id=row[1], version=row[2], last_updated=row[3], method=row[4],
+        body=bytes(row[5]), seq=row[6],
+    )
+
+
+def parse_sqlite_url(url: str) -> str:
+    """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db` -> a filesystem path."""
+    if not url.startswith("sqlite:///"):
+        raise ValueError(f"not a sqlite URL: {url!r} (expected sqlite:///path/to/file.db)")
+    path = url[len("sqlite:///"):]
+    if not path:
+        raise ValueError("sqlite URL names no file")
+    return path
+
+
+class SqliteResourceStore:
+    def __init__(self, path: str, *, readers: int = 4, synchronous: str = "NORMAL") -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._readers_count = readers
+        self._local = threading.local()
+        self._all_connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._writer: ThreadPoolExecutor | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> SqliteResourceStore:
+        return cls(parse_sqlite_url(url), **kwargs)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def _connect(self, *, query_only: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=30.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        if query_only:
+            conn.execute("PRAGMA query_only=ON")
+        with self._connections_lock:
+            self._all_connections.append(conn)
+        return conn
+
+    def _thread_connection(self, query_only: bool) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect(query_only=query_only)
+        return conn
+
+    async def open(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="fhirpm-sqlite-writer")
+        self._readers = ThreadPoolExecutor(self._readers_count,
+                                           thread_name_prefix="fhirpm-sqlite-reader")
+        await self._write(schema.migrate)
+
+    async def close(self) -> None:
+        for pool in (self._writer, self._readers):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        with self._connections_lock:
+            for conn in self._all_connections:
+                conn.close()
+            self._all_connections.clear()
+        self._writer = self._readers = None
+
+    # -- thread hops -----------------------------------------------------------------
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        assert self._writer is not None, "store is not open"
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._writer, lambda: fn(self._thread_connection(query_only=False)))
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        assert self._readers is not None, "store is not open"
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._readers, lambda: fn(self._thread_connection(query_only=True)))
+
+    # -- writes ----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[SqliteUnitOfWork]:
+        async with self._write_lock:
+            await self._write(lambda c: c.execute("BEGIN IMMEDIATE"))
+            try:
+                yield SqliteUnitOfWork(self)
+            except BaseException:
+                # Submitted to the single writer thread, so it runs after any statement
+                # still in flight even if this task is being cancelled.
+                await asyncio.shield(self._write(lambda c: c.execute("ROLLBACK")))
+                raise
+            await asyncio.shield(self._write(lambda c: c.execute("COMMIT")))
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def read(self, type: str, id: str) -> ResourceVersion | None:
+        return await self._read(lambda c: _current(c, type, id))
+
+    async def vread(self, type: str, id: str, version: int) -> ResourceVersion | None:
+        def run(c: sqlite3.Connection) -> ResourceVersion | None:
+            row = c.execute(
+                f"SELECT {_VERSION_COLUMNS} FROM history h "
+                "WHERE h.type = ? AND h.id = ? AND h.version = ?", (type, id, version),
+            ).fetchone()
+            return version_from_row(row) if row else None
+        return await self._read(run)
+
+    async def history(self, query: HistoryQuery) -> list[ResourceVersion]:
+        sql, args = _history_sql(query, f"SELECT {_VERSION_COLUMNS}")
+        sql += " ORDER BY h.seq DESC LIMIT ?"
+        args.append(query.count)
+        return await self._read(lambda c: [version_from_row(r) for r in c.execute(sql, args)])
+
+    async def history_count(self, query: HistoryQuery) -> int:
+        sql, args = _history_sql(HistoryQuery(query.type, query.id, query.since, query.at),
+                                 "SELECT count(*)")
+        return await self._read(lambda c: c.execute(sql, args).fetchone()[0])
+
+    async def changes(self, after_seq: int, limit: int) -> list[ResourceVersion]:
+        def run(c: sqlite3.Connection) -> list[ResourceVersion]:
+            rows = c.execute(
+                f"SELECT {_VERSION_COLUMNS} FROM history h WHERE h.seq > ? "
+                "ORDER BY h.seq LIMIT ?", (after_seq, limit))
+            return [version_from_row(r) for r in rows]
+        return await self._read(run)
+
+    async def get_cursor(self, consumer: str) -> int:
+        def run(c: sqlite3.Connection) -> int:
+            row = c.execute("SELECT seq FROM cursors WHERE consumer = ?", (consumer,)).fetchone()
+            return row[0] if row else 0
+        return await self._read(run)
+
+    async def set_cursor(self, consumer: str, seq: int) -> None:
+        async with self._write_lock:
+            await self._write(lambda c: c.execute(
+                "INSERT INTO cursors VALUES (?, ?) ON CONFLICT (consumer) "
+                "DO UPDATE SET seq = excluded.seq", (consumer, seq)))
+
+    async def search(self, query: SearchQuery) -> SearchResult:
+        return await self._read(lambda c: sql_search.run(c, query))
+
+
+class SqliteUnitOfWork:
+    """Runs on the writer thread inside BEGIN IMMEDIATE ... COMMIT/ROLLBACK."""
+
+    def __init__(self, store: SqliteResourceStore) -> None:
+        self._store = store
+
+    async def current(self, type: str, id: str) -> ResourceVersion | None:
+        return await self._store._write(lambda c: _current(c, type, id))
+
+    async def put(self, version: ResourceVersion, index_entries: Sequence[IndexEntry], *,
+                  expected_version: int, unique_keys: Sequence[str] = ()) -> None:
+        await self._store._write(
+            lambda c: _put(c, version, index_entries, expected_version, unique_keys))
+
+    async def search(self, query: SearchQuery) -> SearchResult:
+        return await self._store._write(lambda c: sql_search.run(c, query))
+
+
+def _current(c: sqlite3.Connection, type: str, id: str) -> ResourceVersion | None:
+    row = c.execute(
+        f"SELECT {_VERSION_COLUMNS} FROM resources r JOIN history h ON h.seq = r.seq "
+        "WHERE r.type = ? AND r.id = ?", (type, id),
+    ).fetchone()
+    return version_from_row(row) if row else None
+
+
+def _put(c: sqlite3.Connection, v: ResourceVersion, entries: Sequence[IndexEntry],
+         expected_version: int, unique_keys: Sequence[str]) -> None:
+    current = c.execute("SELECT rid, version, deleted FROM resources WHERE type = ? AND id = ?",
+                        (v.type, v.id)).fetchone()
+    if (current[1] if current else 0) != expected_version:
+        raise VersionConflict(f"{v.type}/{v.id} is at version {current[1] if current else 0}, "
+                              f"not {expected_version}")
+    seq = c.execute(
+        "INSERT INTO history (type, id, version, last_updated, method, body) "
+        "VALUES (?,?,?,?,?,?)", (v.type, v.id, v.version, v.last_updated, v.method, v.body),
+    ).lastrowid
+    deleted = 1 if v.deleted else 0
+    if current:
+        rid = current[0]
+        c.execute("UPDATE resources SET version = ?, seq = ?, deleted = ? WHERE rid = ?",
+                  (v.version, seq, deleted, rid))
+        c.execute("DELETE FROM unique_keys WHERE type = ? AND id = ?", (v.type, v.id))
+    else:
+        rid = c.execute("INSERT INTO resources (type, id, version, seq, deleted) "
+                        "VALUES (?,?,?,?,?)", (v.type, v.id, v.version, seq, deleted)).lastrowid
+    index.replace(c, rid, () if v.deleted else entries, had_rows=current is not None)
+    for key in unique_keys:
+        holder = c.execute("SELECT type, id FROM unique_keys WHERE key = ?", (key,)).fetchone()
+        if holder:
+            raise UniqueKeyTaken(key, (holder[0], holder[1]))
+        c.execute("INSERT INTO unique_keys VALUES (?,?,?)", (key, v.type, v.id))
+
+
+def _history_sql(q: HistoryQuery, select: str) -> tuple[str, list[Any]]:
+    where: list[str] = []
+    args: list[Any] = []
+    if q.type is not None:
+        where.append("h.type = ?")
+        args.append(q.type)
+    if q.id is not None:
+        where.append("h.id = ?")
+        args.append(q.id)
+    if q.since is not None:
+        where.append("h.last_updated >= ?")
+        args.append(q.since)
+    if q.before_seq is not None:
+        where.append("h.seq < ?")
+        args.append(q.before_seq)
+    if q.at is not None:
+        # the version of each resource that was current at `at`
+        where.append("h.seq = (SELECT max(h2.seq) FROM history h2 WHERE h2.type = h.type "
+                     "AND h2.id = h.id AND h2.last_updated <= ?)")
+        args.append(q.at)
+    sql = f"{select} FROM history h"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return sql, args
