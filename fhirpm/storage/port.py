@@ -47,6 +47,21 @@ class HistoryQuery:
     before_seq: int | None = None  # keyset cursor: only versions older than this seq
 
 
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A small non-FHIR record (auth clients and tokens, job leases, consumer state).
+
+    `rev` increments on every write and makes compare-and-swap possible; `expires_at`
+    (epoch seconds) lets a store drop it after that time (it is never returned once expired).
+    """
+
+    collection: str
+    key: str
+    rev: int
+    body: bytes
+    expires_at: int | None = None
+
+
 class StoreError(Exception):
     """A store failure the repository can explain to the client."""
 
@@ -114,3 +129,19 @@ class ResourceStore(Protocol):
     async def set_cursor(self, consumer: str, seq: int) -> None: ...
 
     async def search(self, query: SearchQuery) -> SearchResult: ...
+
+    # -- small documents: compare-and-swap records beside the FHIR data -----------------
+
+    async def doc_get(self, collection: str, key: str) -> Document | None: ...
+
+    async def doc_put(self, collection: str, key: str, body: bytes, *,
+                      expected_rev: int | None = None, expires_at: int | None = None) -> int:
+        """Write a document and return its new rev. `expected_rev`: None writes
+        unconditionally, 0 requires that none exists, n requires rev n; a mismatch raises
+        VersionConflict (this is how job leases and single-use codes are taken)."""
+
+    async def doc_delete(self, collection: str, key: str,
+                         expected_rev: int | None = None) -> bool: ...
+
+    async def doc_list(self, collection: str, prefix: str = "",
+                       limit: int = 1000) -> list[Document]: ...

@@ -45,7 +45,18 @@ CREATE TABLE unique_keys (
 CREATE INDEX unique_keys_holder ON unique_keys (type, id);
 """
 
-MIGRATIONS: list[str] = [CORE, index.DDL]
+DOCUMENTS = """
+CREATE TABLE documents (
+    collection TEXT NOT NULL,
+    key TEXT NOT NULL,
+    rev INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    expires_at INTEGER,
+    PRIMARY KEY (collection, key)
+) WITHOUT ROWID;
+"""
+
+MIGRATIONS: list[str] = [CORE, index.DDL, DOCUMENTS]
 
 
 def migrate(conn: sqlite3.Connection) -> None:

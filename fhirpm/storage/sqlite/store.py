@@ -15,6 +15,7 @@ import asyncio
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 from fhirpm.search.query import SearchQuery, SearchResult
 from fhirpm.search.values import IndexEntry
 from fhirpm.storage.port import (
+    Document,
     HistoryQuery,
     ResourceVersion,
     UniqueKeyTaken,
@@ -185,6 +187,63 @@ class SqliteResourceStore:
 
     async def search(self, query: SearchQuery) -> SearchResult:
         return await self._read(lambda c: sql_search.run(c, query))
+
+    # -- documents ---------------------------------------------------------------------
+
+    async def doc_get(self, collection: str, key: str) -> Document | None:
+        now = int(time.time())
+
+        def run(c: sqlite3.Connection) -> Document | None:
+            row = c.execute("SELECT rev, body, expires_at FROM documents WHERE collection = ? "
+                            "AND key = ? AND (expires_at IS NULL OR expires_at > ?)",
+                            (collection, key, now)).fetchone()
+            return Document(collection, key, row[0], bytes(row[1]), row[2]) if row else None
+        return await self._read(run)
+
+    async def doc_put(self, collection: str, key: str, body: bytes, *,
+                      expected_rev: int | None = None, expires_at: int | None = None) -> int:
+        now = int(time.time())
+
+        def run(c: sqlite3.Connection) -> int:
+            row = c.execute("SELECT rev, expires_at FROM documents WHERE collection = ? AND "
+                            "key = ?", (collection, key)).fetchone()
+            live = row is not None and (row[1] is None or row[1] > now)
+            have = row[0] if live else 0
+            if expected_rev is not None and expected_rev != have:
+                raise VersionConflict(f"document {collection}/{key} is at rev {have}, "
+                                      f"not {expected_rev}")
+            rev = (row[0] if row else 0) + 1
+            c.execute("INSERT INTO documents VALUES (?,?,?,?,?) ON CONFLICT (collection, key) "
+                      "DO UPDATE SET rev = excluded.rev, body = excluded.body, "
+                      "expires_at = excluded.expires_at",
+                      (collection, key, rev, body, expires_at))
+            return rev
+        async with self._write_lock:
+            return await self._write(run)
+
+    async def doc_delete(self, collection: str, key: str,
+                         expected_rev: int | None = None) -> bool:
+        def run(c: sqlite3.Connection) -> bool:
+            sql = "DELETE FROM documents WHERE collection = ? AND key = ?"
+            args: list[Any] = [collection, key]
+            if expected_rev is not None:
+                sql += " AND rev = ?"
+                args.append(expected_rev)
+            return c.execute(sql, args).rowcount > 0
+        async with self._write_lock:
+            return await self._write(run)
+
+    async def doc_list(self, collection: str, prefix: str = "",
+                       limit: int = 1000) -> list[Document]:
+        now = int(time.time())
+
+        def run(c: sqlite3.Connection) -> list[Document]:
+            rows = c.execute(
+                "SELECT key, rev, body, expires_at FROM documents WHERE collection = ? AND "
+                "key >= ? AND key < ? AND (expires_at IS NULL OR expires_at > ?) "
+                "ORDER BY key LIMIT ?", (collection, prefix, prefix + "\U0010ffff", now, limit))
+            return [Document(collection, r[0], r[1], bytes(r[2]), r[3]) for r in rows]
+        return await self._read(run)
 
 
 class SqliteUnitOfWork:
