@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
