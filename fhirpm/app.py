@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from fhirpm import __version__
 from fhirpm.api.routes import FhirEndpoint
+from fhirpm.changes import ChangeFeed
 from fhirpm.config import Settings
 from fhirpm.fhir.validation import FhirkitValidator
 from fhirpm.repository import Repository
@@ -45,15 +46,18 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
     settings = settings or Settings()
     store = store or store_from_settings(settings)
     interactions = build_interactions(settings, store)
+    changes = ChangeFeed(store)  # consumers subscribe before startup; see fhirpm.changes
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.open()
         log.info("fhirpm ready", extra={"base_url": settings.fhir_base,
                                          "store": settings.store_url})
+        await changes.start()
         try:
             yield
         finally:
+            await changes.stop()
             await store.close()
 
     app = FastAPI(title="fhirpm", version=__version__, lifespan=lifespan,
@@ -64,5 +68,6 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
     app.router.routes.append(Route(FHIR_MOUNT + "/{path:path}", endpoint.handle, methods=_METHODS))
     app.state.interactions = interactions
     app.state.store = store
+    app.state.changes = changes
     app.state.settings = settings
     return app

@@ -66,6 +66,13 @@ class SqliteResourceStore:
         self._writer: ThreadPoolExecutor | None = None
         self._readers: ThreadPoolExecutor | None = None
         self._write_lock = asyncio.Lock()
+        self._commit_listeners: list[Callable[[], None]] = []
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` after every committed unit of work (change-feed wake-ups).
+
+        Listeners run on the event loop right after COMMIT and must not raise or block."""
+        self._commit_listeners.append(listener)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> SqliteResourceStore:
@@ -139,6 +146,8 @@ class SqliteResourceStore:
                 await asyncio.shield(self._write(lambda c: c.execute("ROLLBACK")))
                 raise
             await asyncio.shield(self._write(lambda c: c.execute("COMMIT")))
+            for listener in self._commit_listeners:
+                listener()
 
     # -- reads -----------------------------------------------------------------------
 
