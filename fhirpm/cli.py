@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from fhirpm.config import Settings
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from fhirpm.loader import LoadReport
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -37,6 +43,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_load(args: argparse.Namespace) -> int:
+    """Load files through the same interactions as REST; print a summary; 1 on any error."""
+    import asyncio
+    from pathlib import Path
+
+    from fhirpm import loader, logs
+
+    settings = _settings(args)
+    logs.configure("WARNING", settings.log_json)
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        print(f"fhirpm load: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    files = loader.discover(Path(p) for p in args.paths)
+    report = asyncio.run(_load(settings, files, args.progress))
+    for line in loader.summary_lines(report):
+        print(line)
+    return 1 if report.errors else 0
+
+
+async def _load(settings: Settings, files: list[Path], progress: bool) -> LoadReport:
+    from tqdm import tqdm
+
+    from fhirpm.app import build_interactions
+    from fhirpm.loader import Loader, total_bytes
+    from fhirpm.storage.factory import store_from_settings
+
+    store = store_from_settings(settings)
+    interactions = build_interactions(settings, store)
+    await store.open()
+    try:
+        with tqdm(total=total_bytes(files), unit="B", unit_scale=True, desc="loading",
+                  disable=None if progress else True, file=sys.stderr) as bar:
+            return await Loader(interactions, settings.fhir_base, bar).load(files)
+    finally:
+        await store.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fhirpm", description="FHIR R4 practice server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--store-url", dest="store_url",
                        help="store URL (default sqlite:///./var/fhirpm.db, FHIRPM_STORE_URL)")
     serve.set_defaults(func=cmd_serve)
+
+    load = sub.add_parser("load", help="load FHIR files (Bundles, resources, NDJSON, folders)")
+    load.add_argument("paths", nargs="+", metavar="PATH",
+                      help="files (.json, .ndjson, .jsonl, optionally .gz) or folders")
+    load.add_argument("--store-url", dest="store_url",
+                      help="store URL (default sqlite:///./var/fhirpm.db, FHIRPM_STORE_URL)")
+    load.add_argument("--no-progress", dest="progress", action="store_false",
+                      help="no progress bar (it is also off when stderr is not a terminal)")
+    load.set_defaults(func=cmd_load)
     return parser
 
 

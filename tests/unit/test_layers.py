@@ -19,7 +19,7 @@ RANKS = {
     "fhirpm.storage": 3,
     "fhirpm.repository": 4, "fhirpm.changes": 4,
     "fhirpm.operations": 5, "fhirpm.audit": 5, "fhirpm.auth": 5,
-    "fhirpm.workflows": 6, "fhirpm.hl7v2": 6,
+    "fhirpm.workflows": 6, "fhirpm.hl7v2": 6, "fhirpm.loader": 6,
     "fhirpm.api": 7,
     "fhirpm.app": 8, "fhirpm.cli": 9,
 }
