@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     max_count: int = Field(1000, ge=1)
     # Reader threads for the SQLite adapter (writes always go through one writer thread).
     sqlite_readers: int = Field(4, ge=1)
+    # MongoDB without multi-document transactions (a standalone mongod): refused at start-up
+    # unless this accepts non-atomic units of work (docs/deploy.md).
+    mongo_allow_no_transactions: bool = False
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -14,6 +14,8 @@ from fhirpm.app import create_app
 from fhirpm.config import Settings
 
 BASE = "http://testserver/fhir"
+# MongoDB fixtures (real server or the mongoeco emulator): mongo_url, mongo_app, store_app...
+pytest_plugins = ["tests.mongo_fixtures"]
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SHARED_DATA = Path(os.environ.get("FHIRPM_SHARED_DATA", SHARED / "data"))
 

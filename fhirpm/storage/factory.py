@@ -1,4 +1,4 @@
-"""Open the store a URL names: `sqlite:///path.db` (default) or, later, `mongodb://...`."""
+"""Open the store a URL names: `sqlite:///path.db` (default) or `mongodb://...`."""
 
 from __future__ import annotations
 
@@ -12,4 +12,10 @@ def store_from_settings(settings: Settings) -> ResourceStore:
         from fhirpm.storage.sqlite import SqliteResourceStore
 
         return SqliteResourceStore.from_url(url, readers=settings.sqlite_readers)
-    raise ValueError(f"Unsupported store URL {url!r}: use sqlite:///path/to/file.db")
+    if url.startswith(("mongodb://", "mongodb+srv://")):
+        from fhirpm.storage.mongo import MongoResourceStore
+
+        return MongoResourceStore.from_url(
+            url, allow_no_transactions=settings.mongo_allow_no_transactions)
+    raise ValueError(f"Unsupported store URL {url!r}: use sqlite:///path/to/file.db or "
+                     "mongodb://host:port/database")

@@ -1,0 +1,207 @@
+"""Units of work on MongoDB: one multi-document transaction, replayed when it loses a race.
+
+A unit runs its reads and writes eagerly inside a transaction (so its own searches see its
+own writes) and records them in a log. Whenever the server reports a transient failure
+(see `txn`), the unit aborts, starts a fresh transaction and replays the log: each recorded
+`current` read and search must return what it returned before and each put must still find
+its expected version, otherwise the unit fails with VersionConflict. A replayed unit is
+therefore equivalent to one that ran alone: optimistic concurrency with validation.
+
+The change log (`history._id`, the seq) is written only at commit: the unit increments the
+single `counters` document by its number of versions inside the same transaction, then
+appends its versions with those seqs. Every committing unit writes that one document, and
+a transaction may only write a document that no transaction has changed since its snapshot
+(MongoDB refuses the write with WriteConflict; other servers refuse the commit), so a unit
+can only take seqs after every unit that took smaller ones has committed: seq order is
+commit order, and a consumer that has read up to seq n will never later find a commit below
+n. This costs one counter write per unit (not per version) and serialises commits, not the
+units' work; the store also runs one unit at a time per process (as the SQLite adapter does),
+so replays only happen between processes. Without transactions (a deployment that cannot
+run them, accepted by FHIRPM_MONGO_ALLOW_NO_TRANSACTIONS) a `BufferedUnit` keeps the writes
+in memory and applies them at the end: a failing unit writes nothing, but a crash while
+applying can leave part of it, and concurrent writers can interleave their seqs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import InvalidOperation, OperationFailure, PyMongoError
+
+from fhirpm.search.values import IndexEntry
+from fhirpm.storage.mongo import txn, writes
+from fhirpm.storage.mongo.writes import Put
+from fhirpm.storage.port import ResourceVersion, StoreError, VersionConflict
+
+if TYPE_CHECKING:
+    from fhirpm.search.query import SearchQuery, SearchResult
+
+T = TypeVar("T")
+SearchFn = Callable[["SearchQuery", AsyncClientSession | None], Awaitable["SearchResult"]]
+EnsureType = Callable[[str], Awaitable[None]]
+
+
+def _version_key(v: ResourceVersion | None) -> tuple[int, str] | None:
+    return (v.version, v.method) if v else None
+
+
+def _result_key(result: SearchResult) -> tuple[Any, ...]:
+    def keys(versions: Sequence[ResourceVersion]) -> tuple[tuple[str, str, int], ...]:
+        return tuple((v.type, v.id, v.version) for v in versions)
+    return keys(result.matches), keys(result.included), result.total, result.has_more
+
+
+class TransactionalUnit:
+    def __init__(self, db: AsyncDatabase, session: AsyncClientSession, search: SearchFn,
+                 ensure_type: EnsureType, options: dict[str, Any]) -> None:
+        self._db = db
+        self._session = session
+        self._search = search
+        self._ensure_type = ensure_type
+        self._options = options
+        self._log: list[tuple[Any, ...]] = []
+        self._broken = False  # the server transaction must be replaced before further use
+
+    # -- the UnitOfWork port ------------------------------------------------------------
+
+    async def current(self, type: str, id: str) -> ResourceVersion | None:
+        found = await self._run(lambda s: writes.read_current(self._db, s, type, id))
+        self._log.append(("current", type, id, _version_key(found)))
+        return found
+
+    async def put(self, version: ResourceVersion, index: Sequence[IndexEntry], *,
+                  expected_version: int, unique_keys: Sequence[str] = ()) -> None:
+        put = Put.checked(version, index, expected_version, unique_keys)
+        await self._ensure_type(version.type)
+        try:
+            await self._run(lambda s: writes.apply_put(self._db, s, put))
+        except BaseException:
+            self._broken = True  # the put may be half applied: replay the log without it
+            raise
+        self._log.append(("put", put))
+
+    async def search(self, query: SearchQuery) -> SearchResult:
+        result = await self._run(lambda s: self._search(query, s))
+        self._log.append(("search", query, _result_key(result)))
+        return result
+
+    # -- commit and rollback (called by the store) ------------------------------------------
+
+    async def commit(self) -> list[int]:
+        puts = [op[1] for op in self._log if op[0] == "put"]
+
+        async def finish_and_commit(session: AsyncClientSession) -> list[int]:
+            seqs = await writes.finish(self._db, session, puts)
+            await _commit(session)
+            return seqs
+        return await self._run(finish_and_commit)
+
+    async def rollback(self) -> None:
+        await _abort(self._session)
+
+    # -- replay ---------------------------------------------------------------------------
+
+    async def _run(self, step: Callable[[AsyncClientSession], Awaitable[T]]) -> T:
+        """Run one step in the transaction, replaying the unit after transient failures."""
+        for attempt in range(txn.MAX_ATTEMPTS):
+            if attempt:
+                await txn.backoff(attempt)
+            try:
+                if self._broken:
+                    await self._replay()
+                return await step(self._session)
+            except (PyMongoError, txn.CommitRefused) as exc:
+                if not txn.is_transient(exc):
+                    raise txn.unavailable(exc, "unit of work") from exc  # type: ignore[arg-type]
+                self._broken = True
+        raise txn.gave_up("unit of work")
+
+    async def _replay(self) -> None:
+        await _abort(self._session)
+        await self._session.start_transaction(**self._options)
+        for op in self._log:
+            if op[0] == "current":
+                _, type, id, seen = op
+                now = await writes.read_current(self._db, self._session, type, id)
+                if _version_key(now) != seen:
+                    raise VersionConflict(f"{type}/{id} changed under this unit of work")
+            elif op[0] == "put":
+                await writes.apply_put(self._db, self._session, op[1])
+            else:
+                _, query, seen = op
+                if _result_key(await self._search(query, self._session)) != seen:
+                    raise VersionConflict("search results changed under this unit of work")
+        self._broken = False
+
+
+async def _commit(session: AsyncClientSession) -> None:
+    for attempt in range(txn.MAX_ATTEMPTS):
+        if attempt:
+            await txn.backoff(attempt)
+        try:
+            await session.commit_transaction()
+            return
+        except OperationFailure as exc:
+            if exc.has_error_label(txn.UNKNOWN_COMMIT_LABEL):
+                continue  # the commit may have happened: ask again, never replay
+            if exc.has_error_label(txn.TRANSIENT_LABEL):
+                raise
+            raise txn.CommitRefused(exc) from exc
+        except PyMongoError as exc:
+            if exc.has_error_label(txn.UNKNOWN_COMMIT_LABEL):
+                continue
+            raise
+    raise StoreError("MongoDB did not confirm the commit; its outcome is unknown")
+
+
+async def _abort(session: AsyncClientSession) -> None:
+    if not session.in_transaction:
+        return
+    # if the abort fails the server drops the unfinished transaction on its own
+    with contextlib.suppress(PyMongoError, InvalidOperation):
+        await session.abort_transaction()
+
+
+class BufferedUnit:
+    """A unit of work for deployments without transactions: writes wait for the end."""
+
+    def __init__(self, db: AsyncDatabase, search: SearchFn, ensure_type: EnsureType) -> None:
+        self._db = db
+        self._search = search
+        self._ensure_type = ensure_type
+        self._puts: list[Put] = []
+        self._pending: dict[tuple[str, str], ResourceVersion] = {}
+
+    async def current(self, type: str, id: str) -> ResourceVersion | None:
+        pending = self._pending.get((type, id))
+        if pending is not None:
+            return pending
+        return await writes.read_current(self._db, None, type, id)
+
+    async def put(self, version: ResourceVersion, index: Sequence[IndexEntry], *,
+                  expected_version: int, unique_keys: Sequence[str] = ()) -> None:
+        put = Put.checked(version, index, expected_version, unique_keys)
+        current = await self.current(version.type, version.id)
+        have = current.version if current else 0
+        if have != expected_version:
+            raise VersionConflict(f"{version.type}/{version.id} is at version {have}, "
+                                  f"not {expected_version}")
+        self._puts.append(put)
+        self._pending[(version.type, version.id)] = version
+
+    async def search(self, query: SearchQuery) -> SearchResult:
+        return await self._search(query, None)  # this unit's own writes are not visible yet
+
+    async def commit(self) -> list[int]:
+        for type in {p.version.type for p in self._puts}:
+            await self._ensure_type(type)
+        for put in self._puts:
+            await writes.apply_put(self._db, None, put)
+        return await writes.finish(self._db, None, self._puts)
+
+    async def rollback(self) -> None:
+        self._puts.clear()
