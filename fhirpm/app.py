@@ -64,6 +64,16 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
                   docs_url="/docs", openapi_url="/openapi.json")
     endpoint = FhirEndpoint(interactions, settings.fhir_base, settings.max_body_bytes,
                             FHIR_MOUNT)
+    app.state.auth = None
+    if settings.auth.enabled:  # SMART authorization server; before the FHIR catch-all
+        from fhirpm.auth import routes as auth_routes
+        from fhirpm.auth.server import AuthServer
+
+        app.state.auth = AuthServer(settings, store)
+        app.router.routes.extend(auth_routes.build(app.state.auth, FHIR_MOUNT))
+    else:
+        log.warning("AUTHORIZATION IS DISABLED (FHIRPM_AUTH__ENABLED=false): anyone who can "
+                    "reach this server can read and change every record. Development only.")
     app.router.routes.append(Route(FHIR_MOUNT, endpoint.handle, methods=_METHODS))
     app.router.routes.append(Route(FHIR_MOUNT + "/{path:path}", endpoint.handle, methods=_METHODS))
     app.state.interactions = interactions

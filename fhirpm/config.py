@@ -5,8 +5,32 @@ Nothing imports a global settings object; `create_app(settings)` hands each part
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AuthSettings(BaseModel):
+    """The built-in SMART authorization server (fhirpm.auth); FHIRPM_AUTH__<NAME>."""
+
+    model_config = {"frozen": True}
+
+    enabled: bool = True  # false: no authorization at all (local development only)
+    issuer: str | None = None  # public URL of /auth; default: the FHIR base's sibling /auth
+    access_token_seconds: int = Field(3600, ge=30)
+    id_token_seconds: int = Field(3600, ge=30)
+    code_seconds: int = Field(60, ge=5)
+    launch_seconds: int = Field(300, ge=10)
+    login_seconds: int = Field(8 * 3600, ge=60)  # browser session at the login page
+    offline_refresh_seconds: int = Field(90 * 86400, ge=60)
+    online_refresh_seconds: int = Field(86400, ge=60)
+    assertion_max_seconds: int = Field(300, ge=10)  # client assertion exp at most this ahead
+    cors_origins: list[str] = ["*"]  # on token/introspection/revocation/discovery; "*": any
+    registration_enabled: bool = False  # RFC 7591 dynamic client registration
+    lockout_attempts: int = Field(5, ge=1)
+    lockout_seconds: int = Field(900, ge=1)
+    argon2_time_cost: int = Field(3, ge=1)
+    argon2_memory_kib: int = Field(65536, ge=8)
+    jwks_fetch_seconds: float = Field(5.0, gt=0)  # timeout fetching a client's jwks_uri
 
 
 class Settings(BaseSettings):
@@ -27,6 +51,7 @@ class Settings(BaseSettings):
     mongo_allow_no_transactions: bool = False
     log_level: str = "INFO"
     log_json: bool = True
+    auth: AuthSettings = AuthSettings()
 
     @property
     def fhir_base(self) -> str:

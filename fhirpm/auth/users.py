@@ -1,0 +1,122 @@
+"""Users who log in at the authorization server: argon2 password hashes, lockout, fhirUser.
+
+A user links to the FHIR resource that represents them (`fhirUser`: Practitioner, Patient,
+RelatedPerson, ...), which decides the patient a standalone launch binds to. Repeated
+failed logins lock the account (even against the right password) for a while; unknown
+usernames are counted and hashed against too, so timing and messages do not reveal which
+accounts exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from fhirpm.auth.records import LOCKOUTS, USERS, AuthDocs
+from fhirpm.config import AuthSettings
+from fhirpm.errors import Category, FhirError
+
+USERNAME = re.compile(r"^[A-Za-z0-9._@+-]{1,64}$")
+FHIR_USER = re.compile(
+    r"^(Practitioner|PractitionerRole|Patient|RelatedPerson|Person)/[A-Za-z0-9\-.]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    username: str
+    fhir_user: str | None = None
+    name: str | None = None
+    admin: bool = False
+
+    @property
+    def fhir_user_type(self) -> str | None:
+        return self.fhir_user.split("/", 1)[0] if self.fhir_user else None
+
+    def public(self) -> dict[str, Any]:
+        return {"username": self.username, "fhirUser": self.fhir_user, "name": self.name,
+                "admin": self.admin}
+
+
+class LoginFailed(Exception):
+    """Wrong credentials or a locked account; the message is safe to show."""
+
+
+class Users:
+    def __init__(self, docs: AuthDocs, settings: AuthSettings) -> None:
+        self.docs = docs
+        self.settings = settings
+        self.hasher = PasswordHasher(time_cost=settings.argon2_time_cost,
+                                     memory_cost=settings.argon2_memory_kib, parallelism=1)
+        self._dummy: str | None = None
+
+    async def add(self, username: str, password: str, *, fhir_user: str | None = None,
+                  name: str | None = None, admin: bool = False) -> User:
+        if not USERNAME.match(username):
+            raise FhirError(Category.VALUE, "A username is 1-64 letters, digits or ._@+-")
+        if len(password) < 8:
+            raise FhirError(Category.VALUE, "A password needs at least 8 characters")
+        if fhir_user is not None and not FHIR_USER.match(fhir_user):
+            raise FhirError(Category.VALUE,
+                            "fhirUser must be a reference like Practitioner/123 or Patient/7")
+        user = User(username, fhir_user, name, admin)
+        hashed = await asyncio.to_thread(self.hasher.hash, password)
+        body = {**user.public(), "password_hash": hashed, "created": int(time.time())}
+        if not await self.docs.create(USERS, username, body):
+            raise FhirError(Category.CONFLICT, f"User {username!r} already exists")
+        return user
+
+    async def get(self, username: str) -> User | None:
+        record = await self.docs.get(USERS, username)
+        return _user(record.body) if record else None
+
+    async def authenticate(self, username: str, password: str) -> User:
+        now = int(time.time())
+        lock = await self.docs.get(LOCKOUTS, username)
+        if lock and lock.body.get("locked_until", 0) > now:
+            raise LoginFailed("Too many failed attempts: this account is locked for a while")
+        record = await self.docs.get(USERS, username) if USERNAME.match(username) else None
+        stored = record.body["password_hash"] if record else await self._dummy_hash()
+        if await asyncio.to_thread(self._check, stored, password) and record is not None:
+            if lock is not None:
+                await self.docs.delete(LOCKOUTS, username)
+            return _user(record.body)
+        await self._count_failure(username, now)
+        raise LoginFailed("Unknown username or wrong password")
+
+    def _check(self, stored: str, password: str) -> bool:
+        try:
+            return self.hasher.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    async def _dummy_hash(self) -> str:
+        if self._dummy is None:
+            self._dummy = await asyncio.to_thread(self.hasher.hash, "not a password")
+        return self._dummy
+
+    async def _count_failure(self, username: str, now: int) -> None:
+        window = self.settings.lockout_seconds
+        for _ in range(5):  # compare-and-swap: concurrent failures all count
+            lock = await self.docs.get(LOCKOUTS, username)
+            failures = (lock.body.get("failures", 0) if lock else 0) + 1
+            body: dict[str, Any] = {"failures": failures}
+            if failures >= self.settings.lockout_attempts:
+                body["locked_until"] = now + window
+            expires = now + window
+            if lock is None:
+                done = await self.docs.create(LOCKOUTS, username, body, expires_at=expires)
+            else:
+                done = await self.docs.swap(LOCKOUTS, lock, username, body, expires_at=expires)
+            if done:
+                return
+
+
+def _user(body: dict[str, Any]) -> User:
+    return User(body["username"], body.get("fhirUser"), body.get("name"),
+                bool(body.get("admin")))
