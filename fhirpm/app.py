@@ -36,7 +36,7 @@ def build_interactions(settings: Settings, store: ResourceStore) -> Interactions
     repo = Repository(store, FhirkitValidator(), BasicIndexer())
     interactions = Interactions(repo, default_count=settings.default_count,
                                 max_count=settings.max_count)
-    bundle.install(interactions)
+    bundle.install(interactions, max_entries=settings.bundle_max_entries)
     capability.install(interactions)
     install_operations(interactions)
     return interactions

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     default_count: int = Field(20, ge=1)
     max_count: int = Field(1000, ge=1)
+    # Most entries a batch/transaction Bundle may carry (the body limit applies as well).
+    bundle_max_entries: int = Field(10_000, ge=1)
     # Reader threads for the SQLite adapter (writes always go through one writer thread).
     sqlite_readers: int = Field(4, ge=1)
     # MongoDB without multi-document transactions (a standalone mongod): refused at start-up

@@ -7,3 +7,7 @@ from fhirpm.repository.interactions import Interactions
 
 def install(interactions: Interactions) -> None:
     """Register every operation with the interactions router."""
+    from fhirpm.operations import validate
+    from fhirpm.operations.registry import register
+
+    register(interactions, validate.SPEC)

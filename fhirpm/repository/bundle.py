@@ -1,9 +1,411 @@
-"""Batch and transaction bundles (POST [base])."""
+"""Batch and transaction bundles (POST [base]).
+
+Every entry becomes a `FhirRequest` dispatched through `Interactions.dispatch`, so an entry
+behaves exactly like the same HTTP request (conditional headers included: `ifNoneExist`,
+`ifMatch`, `ifNoneMatch`, `ifModifiedSince` become `if-none-exist`, ...). Errors are
+FhirErrors rendered per entry with the same OperationOutcome rendering as HTTP.
+
+batch: entries run in bundle order, each in its own unit of work; a failing entry gets its
+status and OperationOutcome and the others are unaffected. Entries may not reference each
+other (a `urn:uuid:` reference in a batch is left as written).
+
+transaction: every write runs in ONE unit of work. First, POST entries are given ids
+(a conditional create that matches takes the match's id), conditional PUTs with a `urn:`
+fullUrl resolve their target, and every `Reference.reference` naming an entry's fullUrl, or
+a conditional reference (`Patient?identifier=s|v`, resolved against what is stored), is
+rewritten to `Type/id`. Writes then run DELETE, POST, PUT/PATCH; a failure anywhere rolls
+everything back and the answer is the failing entry's OperationOutcome and status. GET/HEAD
+entries run last, after the commit, so they see the transaction's writes; being reads,
+their failures are reported in their entry and change nothing.
+"""
 
 from __future__ import annotations
 
-from fhirpm.repository.interactions import Interactions
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import format_datetime
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fhirpm.errors import Category, FhirError, Issue
+from fhirpm.fhir import jsonio
+from fhirpm.fhir.bundles import bundle as make_bundle
+from fhirpm.repository import references
+from fhirpm.repository.interactions import FhirRequest, FhirResponse, Interactions
+from fhirpm.repository.service import new_id, now_instant
+from fhirpm.storage.port import UnitOfWork
+
+log = logging.getLogger("fhirpm.bundle")
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+# transaction processing order (FHIR R4 http.html#trules); reads run after the commit
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2}
+_HEADERS = (("ifNoneExist", "if-none-exist"), ("ifMatch", "if-match"),
+            ("ifNoneMatch", "if-none-match"), ("ifModifiedSince", "if-modified-since"))
+_PLACEHOLDER = ("urn:uuid:", "urn:oid:")
+DEFAULT_MAX_ENTRIES = 10_000
 
 
-def install(interactions: Interactions) -> None:
-    """Claim POST [base] for bundles."""
+@dataclass(slots=True)
+class Entry:
+    """One bundle entry's request, checked and split up."""
+
+    index: int
+    method: str
+    path: str  # relative to the base, without the query
+    params: tuple[tuple[str, str], ...]
+    headers: dict[str, str]
+    resource: Any
+    full_url: str | None
+    assigned_id: str | None = None
+
+    @property
+    def type(self) -> str | None:
+        return self.path.split("/", 1)[0] or None
+
+    @property
+    def id(self) -> str | None:
+        parts = self.path.split("/")
+        return parts[1] if len(parts) == 2 else None
+
+    @property
+    def label(self) -> str:
+        query = "?" + "&".join(f"{k}={v}" for k, v in self.params) if self.params else ""
+        return f"Bundle.entry[{self.index}] ({self.method} {self.path}{query})"
+
+    def request(self, base: str, prefer: str | None, uow: UnitOfWork | None) -> FhirRequest:
+        headers = dict(self.headers)
+        if prefer:
+            headers["prefer"] = prefer
+        return FhirRequest(method="GET" if self.method == "HEAD" else self.method,
+                           path=self.path, base=base, params=self.params, headers=headers,
+                           resource=self.resource, uow=uow, assigned_id=self.assigned_id)
+
+
+class BundleProcessor:
+    """The POST [base] handler, with its configured limits."""
+
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        self.max_entries = max_entries
+
+    async def __call__(self, ix: Interactions, req: FhirRequest,
+                       parts: list[str]) -> FhirResponse:
+        body = req.parsed_body()
+        kind = _bundle_type(body)
+        entries = parse_entries(body, req.base, self.max_entries)
+        if kind == "batch":
+            return await run_batch(ix, req, entries)
+        return await run_transaction(ix, req, entries)
+
+
+def install(interactions: Interactions, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    """Claim POST [base] for bundles, and PATCH, which transactions carry as entries."""
+    from fhirpm.repository import patch
+
+    patch.install(interactions)
+    interactions.system_post = BundleProcessor(max_entries)
+
+
+# -- parsing --------------------------------------------------------------------------
+
+
+def _invalid(message: str, path: str) -> FhirError:
+    return FhirError(Category.INVALID, f"{path}: {message}", expression=(path,))
+
+
+def _bundle_type(body: Any) -> str:
+    if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+        found = body.get("resourceType") if isinstance(body, dict) else type(body).__name__
+        raise _invalid(f"POST to the base takes a Bundle, not {found!r}", "Bundle")
+    kind = body.get("type")
+    if kind not in ("batch", "transaction"):
+        raise _invalid(f"type must be 'batch' or 'transaction', not {kind!r}", "Bundle.type")
+    return kind
+
+
+def parse_entries(body: dict[str, Any], base: str, max_entries: int) -> list[Entry]:
+    raw = body.get("entry", [])
+    if not isinstance(raw, list):
+        raise _invalid("entry must be a list", "Bundle.entry")
+    if len(raw) > max_entries:
+        raise FhirError(Category.TOO_COSTLY,
+                        f"Bundle has {len(raw)} entries; this server takes at most "
+                        f"{max_entries} per bundle", expression=("Bundle.entry",))
+    entries = [_parse_entry(n, item, base) for n, item in enumerate(raw)]
+    seen: dict[str, int] = {}
+    for e in entries:
+        if e.full_url is not None and e.full_url in seen and e.method in ("POST", "PUT"):
+            raise _invalid(f"fullUrl {e.full_url!r} is also used by entry[{seen[e.full_url]}]",
+                           f"Bundle.entry[{e.index}].fullUrl")
+        if e.full_url is not None:
+            seen.setdefault(e.full_url, e.index)
+    return entries
+
+
+def _parse_entry(n: int, item: Any, base: str) -> Entry:
+    at = f"Bundle.entry[{n}]"
+    if not isinstance(item, dict):
+        raise _invalid("an entry must be an object", at)
+    request = item.get("request")
+    if not isinstance(request, dict):
+        raise _invalid("request is required in batch and transaction entries", f"{at}.request")
+    method = request.get("method")
+    if method not in METHODS:
+        raise _invalid(f"method must be one of {', '.join(METHODS)}, not {method!r}",
+                       f"{at}.request.method")
+    path, params = _split_url(request.get("url"), base, f"{at}.request.url")
+    if not path and method != "GET":
+        raise _invalid("nested batch/transaction (POST to the base) is not supported",
+                       f"{at}.request.url")
+    resource = item.get("resource")
+    if method in ("POST", "PUT", "PATCH") and not isinstance(resource, dict):
+        raise _invalid(f"a {method} entry needs a resource", f"{at}.resource")
+    full_url = item.get("fullUrl")
+    if full_url is not None and (not isinstance(full_url, str) or not full_url):
+        raise _invalid("fullUrl must be a non-empty string", f"{at}.fullUrl")
+    return Entry(n, method, path, params, _headers(request, at), resource, full_url)
+
+
+def _split_url(url: Any, base: str, at: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    if not isinstance(url, str) or not url.strip():
+        raise _invalid("url is required", at)
+    url = url.strip()
+    if url.startswith(base + "/") or url == base:
+        url = url[len(base):]
+    elif url.startswith(("http://", "https://")):
+        raise _invalid(f"{url!r} is not on this server (base {base})", at)
+    path, _, query = url.partition("?")
+    return path.strip("/"), tuple(parse_qsl(query, keep_blank_values=True))
+
+
+def _headers(request: dict[str, Any], at: str) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for member, header in _HEADERS:
+        value = request.get(member)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise _invalid(f"{member} must be a string", f"{at}.request.{member}")
+        headers[header] = _http_date(value) if member == "ifModifiedSince" else value
+    return headers
+
+
+def _http_date(instant: str) -> str:
+    """A FHIR instant as the HTTP date If-Modified-Since carries."""
+    try:
+        return format_datetime(datetime.fromisoformat(instant.replace("Z", "+00:00")),
+                               usegmt=True)
+    except (ValueError, TypeError):
+        return instant  # the interaction ignores a date it cannot read, as over HTTP
+
+
+# -- batch ----------------------------------------------------------------------------
+
+
+async def run_batch(ix: Interactions, req: FhirRequest, entries: list[Entry]) -> FhirResponse:
+    prefer = req.headers.get("prefer")
+    resolved: dict[str, str] = {}
+    out = []
+    for entry in entries:
+        try:
+            await _resolve_references(ix, entry, references.ReferenceMap(), resolved, None,
+                                      strict=False)
+            answer = await ix.dispatch(entry.request(req.base, prefer, None))
+            out.append(response_entry(req.base, entry, answer, prefer))
+        except FhirError as err:
+            out.append(error_entry(err))
+        except Exception:  # one broken entry must not sink the others
+            log.exception("batch entry %d failed unexpectedly", entry.index)
+            out.append(error_entry(FhirError(Category.INTERNAL,
+                                             "Internal server error; see the server log")))
+    return FhirResponse(200, make_bundle("batch-response", out, timestamp=now_instant()))
+
+
+# -- transaction ----------------------------------------------------------------------
+
+
+async def run_transaction(ix: Interactions, req: FhirRequest,
+                          entries: list[Entry]) -> FhirResponse:
+    prefer = req.headers.get("prefer")
+    answers: dict[int, dict[str, Any]] = {}
+    writes = sorted((e for e in entries if e.method in _ORDER), key=lambda e: _ORDER[e.method])
+    async with ix.repo.unit(None) as uow:
+        refs = await _assign_ids(ix, entries, uow)
+        resolved: dict[str, str] = {}
+        for entry in entries:
+            await _resolve_references(ix, entry, refs, resolved, uow, strict=True)
+        touched: dict[tuple[str, str], int] = {}
+        for entry in writes:
+            answer = await _must(ix.dispatch(entry.request(req.base, prefer, uow)), entry)
+            _check_once(touched, entry, answer)
+            answers[entry.index] = response_entry(req.base, entry, answer, prefer)
+    for entry in entries:
+        if entry.method in ("GET", "HEAD"):
+            answers[entry.index] = await _read_entry(ix, req, entry, prefer)
+    out = [answers[e.index] for e in entries]
+    return FhirResponse(200, make_bundle("transaction-response", out, timestamp=now_instant()))
+
+
+async def _must(call: Any, entry: Entry) -> Any:
+    """Await a step of `entry`; a FhirError becomes the transaction's failure, naming it."""
+    try:
+        return await call
+    except FhirError as err:
+        raise entry_failure(entry, err) from None
+
+
+def entry_failure(entry: Entry, err: FhirError) -> FhirError:
+    issues = [Issue(i.code, f"{entry.label}: {i.diagnostics}", i.severity, i.expression)
+              for i in err.issues]
+    return FhirError(err.category, issues[0].diagnostics, issues=issues, headers=err.headers)
+
+
+def _check_once(touched: dict[tuple[str, str], int], entry: Entry,
+                answer: FhirResponse) -> None:
+    """A transaction may change each resource only once (the spec forbids overlaps)."""
+    v = answer.version
+    if v is None or answer.status not in (200, 201, 204):
+        return
+    key = (v.type, v.id)
+    if key in touched:
+        raise entry_failure(entry, FhirError(
+            Category.INVALID, f"{v.type}/{v.id} is also changed by "
+            f"Bundle.entry[{touched[key]}]; a transaction may touch a resource only once"))
+    touched[key] = entry.index
+
+
+async def _read_entry(ix: Interactions, req: FhirRequest, entry: Entry,
+                      prefer: str | None) -> dict[str, Any]:
+    try:
+        answer = await ix.dispatch(entry.request(req.base, prefer, None))
+    except FhirError as err:
+        return error_entry(err)
+    return response_entry(req.base, entry, answer, prefer)
+
+
+async def _assign_ids(ix: Interactions, entries: list[Entry],
+                      uow: UnitOfWork) -> references.ReferenceMap:
+    """Give every POST an id and map each fullUrl to the `Type/id` it will have."""
+    refs = references.ReferenceMap()
+    for e in entries:
+        if e.type is None or e.method not in ("POST", "PUT"):
+            continue
+        if e.method == "POST" and e.id is None:
+            e.assigned_id = new_id()
+            target = e.assigned_id
+            if "if-none-exist" in e.headers:
+                target = await _single_match(ix, e, e.type, e.headers["if-none-exist"], uow,
+                                             default=target)
+        elif e.id is not None:
+            target = e.id
+        elif e.full_url and e.full_url.startswith(_PLACEHOLDER):
+            target = await _conditional_put_target(ix, e, uow)
+        else:
+            continue  # conditional PUT nobody can reference: dispatched as it is
+        if e.full_url:
+            refs.add(e.full_url, f"{e.type}/{target}")
+    return refs
+
+
+async def _conditional_put_target(ix: Interactions, e: Entry, uow: UnitOfWork) -> str:
+    """Resolve `PUT Type?criteria` now, and turn the entry into `PUT Type/id`."""
+    body_id = e.resource.get("id") if isinstance(e.resource, dict) else None
+    query = "&".join(f"{k}={v}" for k, v in e.params)
+    target = await _single_match(ix, e, e.type or "", query, uow, default=None)
+    if target is not None and body_id not in (None, target):
+        raise entry_failure(e, FhirError(
+            Category.INVALID, f"The body id {body_id!r} differs from the match {target!r}"))
+    target = target or body_id or new_id()
+    e.resource = {**e.resource, "id": target}
+    e.path, e.params = f"{e.type}/{target}", ()
+    return target
+
+
+async def _single_match(ix: Interactions, e: Entry, type: str, criteria: str,
+                        uow: UnitOfWork | None, default: str | None) -> str | None:
+    """The id of the one resource `type?criteria` matches; `default` when none; 412 if many."""
+    matches = await _find(ix, e, type, criteria, uow)
+    if len(matches) > 1:
+        raise entry_failure(e, FhirError(
+            Category.MULTIPLE_MATCHES, f"{type}?{criteria} matches {len(matches)} resources"))
+    return matches[0].id if matches else default
+
+
+async def _find(ix: Interactions, e: Entry, type: str, criteria: str,
+                uow: UnitOfWork | None) -> list[Any]:
+    try:
+        from fhirpm.repository.conditional import find_matches
+    except ImportError:  # search not installed
+        raise entry_failure(e, FhirError(
+            Category.NOT_SUPPORTED, "Conditional matching needs search, which is not "
+            "available")) from None
+    try:
+        return list(await find_matches(ix, type, criteria, uow))
+    except FhirError as err:
+        raise entry_failure(e, err) from None
+
+
+async def _resolve_references(ix: Interactions, e: Entry, refs: references.ReferenceMap,
+                              resolved: dict[str, str], uow: UnitOfWork | None, *,
+                              strict: bool) -> None:
+    """Rewrite references to entries and conditional references in `e.resource`.
+
+    `resolved` caches conditional references across the bundle (Synthea repeats each
+    practitioner hundreds of times). `strict` (transactions): a `urn:` reference that
+    names no entry is an error, since it could never resolve later.
+    """
+    if e.resource is None:
+        return
+    for holder in references.holders(e.resource):
+        ref = holder["reference"]
+        target = refs.resolve(ref, e.full_url) or resolved.get(ref)
+        if target is None and (cond := references.conditional(ref)) is not None:
+            found = await _single_match(ix, e, cond[0], cond[1], uow, default=None)
+            if found is None:
+                raise entry_failure(e, FhirError(
+                    Category.NOT_FOUND, f"Conditional reference {ref} matches no resource"))
+            target = resolved[ref] = f"{cond[0]}/{found}"
+        elif target is None and strict and ref.startswith(_PLACEHOLDER):
+            raise entry_failure(e, FhirError(
+                Category.INVALID, f"Reference {ref} names no entry's fullUrl in this bundle"))
+        if target is not None:
+            holder["reference"] = target
+
+
+# -- responses ------------------------------------------------------------------------
+
+
+def _status(code: int) -> str:
+    try:
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return str(code)
+
+
+def response_entry(base: str, entry: Entry, answer: FhirResponse,
+                   prefer: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    v = answer.version
+    if v is not None and not v.deleted:
+        out["fullUrl"] = f"{base}/{v.type}/{v.id}"
+    if answer.body is not None and entry.method != "HEAD":
+        as_outcome = "OperationOutcome" in (prefer or "") and entry.method not in ("GET",)
+        if not as_outcome:
+            out["resource"] = jsonio.raw(answer.body)
+    response: dict[str, Any] = {"status": _status(answer.status)}
+    if "Location" in answer.headers:
+        response["location"] = answer.headers["Location"]
+    if "ETag" in answer.headers:
+        response["etag"] = answer.headers["ETag"]
+    if v is not None:
+        response["lastModified"] = v.last_updated
+    if answer.body is not None and "resource" not in out and entry.method != "HEAD":
+        response["outcome"] = jsonio.raw(answer.body)
+    out["response"] = response
+    return out
+
+
+def error_entry(err: FhirError) -> dict[str, Any]:
+    return {"response": {"status": _status(err.status), "outcome": err.outcome()}}

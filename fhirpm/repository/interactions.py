@@ -33,6 +33,7 @@ class FhirRequest:
     body: bytes | None = None
     resource: Any = None  # an already-parsed body (bundle entries)
     uow: UnitOfWork | None = None  # set inside a transaction bundle
+    assigned_id: str | None = None  # create: the id a transaction assigned (urn:uuid entries)
 
     def param(self, name: str) -> str | None:
         for key, value in self.params:
@@ -73,6 +74,8 @@ class Interactions:
         self.system_post: Handler | None = None  # bundles: set by repository.bundle
         self.search_handler: Handler | None = None  # set by the search package
         self.capabilities: Callable[[FhirRequest], Awaitable[FhirResponse]] | None = None
+        # CapabilityStatement facts a package declares (e.g. conditionalCreate: True)
+        self.features: dict[str, Any] = {}
 
     async def dispatch(self, req: FhirRequest) -> FhirResponse:
         parts = [p for p in req.path.split("/") if p]
@@ -125,16 +128,16 @@ async def _metadata(ix: Interactions, req: FhirRequest, parts: list[str]) -> Fhi
 
 async def _read(ix: Interactions, req: FhirRequest, parts: list[str]) -> FhirResponse:
     version = await ix.repo.read(parts[0], parts[1])
-    return _not_modified(req, version) or read_response(version)
+    return _not_modified(req, version) or shaped(req, read_response(version))
 
 
 async def _vread(ix: Interactions, req: FhirRequest, parts: list[str]) -> FhirResponse:
     version = await ix.repo.vread(parts[0], parts[1], parts[3])
-    return _not_modified(req, version) or read_response(version)
+    return _not_modified(req, version) or shaped(req, read_response(version))
 
 
 async def _create(ix: Interactions, req: FhirRequest, parts: list[str]) -> FhirResponse:
-    result = await ix.repo.create(parts[0], req.parsed_body(), uow=req.uow)
+    result = await ix.repo.create(parts[0], req.parsed_body(), uow=req.uow, id=req.assigned_id)
     return write_response(req, result)
 
 
@@ -206,11 +209,28 @@ def add_route(shape: str, method: str, handler: Handler) -> None:
     _ROUTES.setdefault(shape, {})[method] = handler
 
 
+def allowed_methods(shape: str) -> frozenset[str]:
+    """The methods some handler serves on a path shape (the CapabilityStatement asks)."""
+    return frozenset(_ROUTES.get(shape, {}))
+
+
 # -- responses ------------------------------------------------------------------------
 
 
 def read_response(version: ResourceVersion) -> FhirResponse:
     return FhirResponse(200, version.body, version_headers(version), version)
+
+
+def shaped(req: FhirRequest, response: FhirResponse) -> FhirResponse:
+    """Apply `_summary` / `_elements` to a read (fhirpm.fhir.shaping owns the rules)."""
+    from fhirpm.fhir import shaping
+
+    summary, elements = shaping.requested(req.params)
+    if (summary is None and elements is None) or response.body is None:
+        return response
+    kind = response.version.type if response.version else ""
+    response.body = shaping.shape(response.body, summary, elements, kind)
+    return response
 
 
 def write_response(req: FhirRequest, result: WriteResult) -> FhirResponse:
