@@ -122,6 +122,7 @@ class Browser:
 
     def _keep(self, r: httpx.Response) -> httpx.Response:
         self.cookies.extract_cookies(r)
+        self.http.cookies.clear()  # the shared client must not carry one browser's cookies
         return r
 
     async def get(self, url: str) -> httpx.Response:
