@@ -151,7 +151,7 @@ class Browser:
 
     async def login(self, page: httpx.Response, username: str,
                     password: str = PASSWORD) -> httpx.Response:
-        assert page.status_code == 200 and 'name="password"' in page.text, page.text
+        assert page.status_code in (200, 401) and 'name="password"' in page.text, page.text
         r = await self.post(ISSUER + "/login", {
             "csrf": hidden(page.text, "csrf"), "next": hidden(page.text, "next"),
             "username": username, "password": password})
