@@ -3,8 +3,8 @@
 One small interface (`Validator.validate(resource, body) -> issues`) so the engine behind it
 can change. The default engine is fhirkit-rs (exact R4 4.0.1, Rust, ~40 us per Synthea
 resource here, every problem reported with its path); this module adds what it does not
-check: id syntax, and resources nested in `contained` and Bundle entries, which fhirkit-rs
-does not descend into.
+check: id syntax, resources nested in `contained` and Bundle entries, which fhirkit-rs
+does not descend into, and required value-set bindings (`fhir.bindings`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import fhirkit
 
 from fhirpm.errors import Issue
 from fhirpm.fhir import jsonio
+from fhirpm.fhir.bindings import BindingChecker
 from fhirpm.fhir.types import is_valid_id
 
 _CODE_FOR_MESSAGE = (
@@ -38,9 +39,13 @@ class Validator(Protocol):
 
 
 class FhirkitValidator:
+    def __init__(self, bindings: BindingChecker | None = None) -> None:
+        self.bindings = bindings or BindingChecker.load_default()
+
     def validate(self, resource: dict[str, Any], body: bytes) -> list[Issue]:
         issues = self._structural(body, resource.get("resourceType", "Resource"))
         issues.extend(self._nested(resource, resource.get("resourceType", "Resource")))
+        issues.extend(self.bindings.check(resource))  # required value sets, nested too
         return issues
 
     def _structural(self, body: bytes, path: str) -> list[Issue]:

@@ -6,6 +6,7 @@ The table is a graph, not a flat path list, because datatypes are shared and rec
 
 - `valuesets`: value-set id -> {code system url: sorted codes}, expanded here from the core
   package's ValueSets and CodeSystems (whole code systems, concept lists, nested value sets);
+- `urls`: value-set id -> its canonical URL (for messages);
 - `nodes`: a resource type, datatype or backbone element (`Patient.contact`) -> {JSON element
   name -> a value-set id, `@<node>` to descend into, or `@*` for a nested resource (contained,
   Bundle.entry.resource) checked by its own resourceType}. Only elements that lead to a
@@ -101,6 +102,7 @@ class Graph:
         self.terminology = terminology
         self.edges: dict[str, dict[str, str]] = {}  # node -> json name -> "@node" | vs id
         self.valuesets: dict[str, dict[str, list[str]]] = {}
+        self.urls: dict[str, str] = {}
         self.skipped: dict[str, dict[str, Any]] = {}
         self.aliases: dict[str, str] = {}  # constrained datatypes (SimpleQuantity) -> base
 
@@ -155,6 +157,7 @@ class Graph:
                 self.skipped[vs_id] = {"url": url, "reason": str(exc), "elements": [path]}
                 return None
             self.valuesets[vs_id] = {s: sorted(c) for s, c in sorted(expanded.items()) if c}
+            self.urls[vs_id] = url
         return vs_id
 
     def pruned(self) -> dict[str, dict[str, str]]:
@@ -194,6 +197,7 @@ def generate(definitions: Path, out: Path) -> None:
     table = {
         "comment": "HL7 FHIR R4 4.0.1 required bindings (CC0); see fhirpm/fhir/tables/README.md",
         "valuesets": graph.valuesets,
+        "urls": graph.urls,
         "nodes": graph.pruned(),
         "skipped": graph.skipped,
     }

@@ -14,7 +14,7 @@ from tests.conftest import shared_path
 
 TABLES = Path(__file__).resolve().parents[2] / "fhirpm" / "fhir" / "tables"
 NAMES = ("search_parameters.json", "required_bindings.json", "compartments.json",
-         "summary_elements.json")
+         "summary_elements.json", "choice_elements.json")
 
 
 def table(name: str):
@@ -62,6 +62,14 @@ def test_required_binding_graph_is_closed():
         "http://hl7.org/fhir/administrative-gender": ["female", "male", "other", "unknown"]}
     assert nodes["Patient"]["gender"] == "administrative-gender"
     assert "ucum-units" in t["skipped"] and "mimetypes" in t["skipped"]
+    assert set(t["urls"]) == set(valuesets)
+
+
+def test_choice_elements():
+    choices = table("choice_elements.json")
+    assert {"Quantity", "CodeableConcept", "String", "DateTime"} <= set(choices["value"])
+    assert {"Boolean", "DateTime"} <= set(choices["deceased"])
+    assert "given" not in choices and "status" not in choices
 
 
 def test_compartments_and_summaries():
