@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--no-progress", dest="progress", action="store_false",
                       help="no progress bar (it is also off when stderr is not a terminal)")
     load.set_defaults(func=cmd_load)
+
+    from fhirpm.auth import admin as auth_admin  # clients, users, launch, keys
+
+    auth_admin.install(sub, _settings)
     return parser
 
 
