@@ -17,7 +17,8 @@ from fhirpm.config import Settings
 from fhirpm.fhir.validation import FhirkitValidator
 from fhirpm.repository import Repository
 from fhirpm.repository.interactions import Interactions
-from fhirpm.search.extract import BasicIndexer
+from fhirpm.search.extract import RegistryIndexer
+from fhirpm.search.registry import Registry
 from fhirpm.storage.factory import store_from_settings
 from fhirpm.storage.port import ResourceStore
 
@@ -33,7 +34,8 @@ def build_interactions(settings: Settings, store: ResourceStore) -> Interactions
     from fhirpm.operations import install as install_operations
     from fhirpm.repository import bundle
 
-    repo = Repository(store, FhirkitValidator(), BasicIndexer())
+    registry = Registry.load_default()
+    repo = Repository(store, FhirkitValidator(), RegistryIndexer(registry), registry)
     interactions = Interactions(repo, default_count=settings.default_count,
                                 max_count=settings.max_count)
     bundle.install(interactions, max_entries=settings.bundle_max_entries)

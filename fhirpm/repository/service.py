@@ -19,6 +19,7 @@ from fhirpm.fhir import jsonio
 from fhirpm.fhir.types import is_resource_type, is_valid_id
 from fhirpm.fhir.validation import Validator
 from fhirpm.search.extract import Indexer
+from fhirpm.search.registry import Registry
 from fhirpm.storage.port import (
     HistoryQuery,
     ResourceStore,
@@ -55,10 +56,13 @@ def _content_key(resource: dict[str, Any]) -> bytes:
 
 
 class Repository:
-    def __init__(self, store: ResourceStore, validator: Validator, indexer: Indexer) -> None:
+    def __init__(self, store: ResourceStore, validator: Validator, indexer: Indexer,
+                 registry: Registry | None = None) -> None:
         self.store = store
         self.validator = validator
         self.indexer = indexer
+        # the search parameters in force (search parsing, capability, custom parameters)
+        self.registry = registry if registry is not None else Registry.load_default()
 
     # -- units of work --------------------------------------------------------------
 

@@ -1,31 +1,334 @@
 """Write-time extraction of search index values (see `search.values`).
 
-First cut: only the parameters every resource has (`_id`, `_lastUpdated`); the search issue
-compiles every registered parameter's FHIRPath expression into an extractor.
+`RegistryIndexer` evaluates, for a resource, every registered parameter of its type: the
+parameter's FHIRPath expression is compiled once per (expression, type) by
+`search.fhirpath`, and each selected value is converted by one function per parameter type:
+
+- string: a primitive -> itself; HumanName / Address -> every part (family, given, prefix,
+  suffix, line, city, district, state, postalCode, country) and `text`. `norm` is
+  `normalize.fold(raw)`.
+- token: Coding -> (system, code, text = folded display); CodeableConcept -> each coding,
+  plus (None, None, folded text) for its `text`; Identifier -> (system, value, folded
+  type.text), and for each `type` coding one more entry under the code `<param>:of-type`
+  with system `"<type system>|<type code>"` and code = the identifier value; ContactPoint ->
+  (its system code such as `phone`, value); code/string/id/uri -> (None, value);
+  boolean -> (None, "true"/"false").
+- reference: Reference.reference split by `normalize.split_reference` (relative `Type/id`,
+  absolute URL also parsed into type/id, canonical `url|version`; contained `#id` skipped),
+  with Reference.identifier as `identifier`; a canonical/uri string likewise; a resource
+  (Bundle.entry[0].resource) -> its type and id.
+- date: date/dateTime/instant via `dates.date_range`; Period start..end (an open end ->
+  the smallest/largest representable instant); Timing -> the envelope of its events and
+  repeat.boundsPeriod (the spec: "only the outer limits matter").
+- number: the value with the implicit range of its written precision.
+- quantity: Quantity/Age/Duration/Count/Distance (value, system, code, unit); Money (value,
+  `urn:iso:std:iso:4217`, currency); Range -> low..high (open ends infinite).
+- uri: the string as written.
+- composite and special: no entries (components are evaluated from their own parameters).
+
+An expression this compiler cannot handle is logged once and skipped (`skipped` lists
+them); a value that does not convert is ignored, never an error: the resource has already
+passed validation and indexing must not fail a write.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
+from decimal import Decimal
 from typing import Any, Protocol
 
-from fhirpm.search.values import DateValue, IndexEntry, TokenValue
+from fhirpm.search import fhirpath
+from fhirpm.search.dates import date_range
+from fhirpm.search.normalize import decimal_bounds, fold, split_reference
+from fhirpm.search.registry import Registry, SearchParamDef
+from fhirpm.search.values import (
+    DateValue,
+    IndexEntry,
+    IndexValue,
+    NumberValue,
+    QuantityValue,
+    ReferenceValue,
+    StringValue,
+    TokenValue,
+    UriValue,
+)
+
+log = logging.getLogger("fhirpm.search")
+
+MIN_INSTANT = date_range("0001")[0]  # type: ignore[index]
+MAX_INSTANT = date_range("9999")[1]  # type: ignore[index]
+CURRENCY_SYSTEM = "urn:iso:std:iso:4217"
+OF_TYPE_SUFFIX = ":of-type"
+
+Converter = Callable[[Any], Iterator[IndexValue]]
 
 
 class Indexer(Protocol):
     def extract(self, type: str, resource: dict[str, Any]) -> list[IndexEntry]: ...
 
 
-def instant_to_micros(instant: str) -> int:
-    from datetime import datetime
+# -- converters, one per parameter type --------------------------------------------------
 
-    return int(datetime.fromisoformat(instant).timestamp() * 1_000_000)
+_STRING_PARTS = ("text", "family", "given", "prefix", "suffix", "line", "city", "district",
+                 "state", "postalCode", "country")
 
 
-class BasicIndexer:
+def _string(value: Any) -> Iterator[IndexValue]:
+    if isinstance(value, str):
+        yield StringValue(fold(value), value)
+    elif type(value) is dict:
+        for key in _STRING_PARTS:
+            part = value.get(key)
+            if isinstance(part, str):
+                yield StringValue(fold(part), part)
+            elif type(part) is list:
+                for item in part:
+                    if isinstance(item, str):
+                        yield StringValue(fold(item), item)
+
+
+def _text(value: Any) -> str | None:
+    return fold(value) if isinstance(value, str) and value else None
+
+
+def _coding(coding: Any) -> TokenValue | None:
+    if type(coding) is not dict:
+        return None
+    system, code = coding.get("system"), coding.get("code")
+    if system is None and code is None:
+        return None
+    return TokenValue(system, code, _text(coding.get("display")))
+
+
+def _token(value: Any) -> Iterator[IndexValue]:
+    if isinstance(value, bool):
+        yield TokenValue(None, "true" if value else "false")
+    elif isinstance(value, str):
+        yield TokenValue(None, value)
+    elif isinstance(value, int | Decimal):
+        yield TokenValue(None, str(value))
+    elif type(value) is dict:
+        if "coding" in value or ("text" in value and "value" not in value):
+            for coding in value.get("coding") or ():
+                token = _coding(coding)
+                if token is not None:
+                    yield token
+            text = _text(value.get("text"))
+            if text:
+                yield TokenValue(None, None, text)
+        elif "value" in value:  # Identifier or ContactPoint
+            kind = value.get("type")
+            label = _text(kind.get("text")) if type(kind) is dict else None
+            if isinstance(value["value"], str):
+                yield TokenValue(value.get("system"), value["value"], label)
+        else:
+            token = _coding(value)
+            if token is not None:
+                yield token
+
+
+def _of_type(value: Any) -> Iterator[TokenValue]:
+    """Identifier type codings, for `:of-type` (see the module docstring)."""
+    if type(value) is not dict or not isinstance(value.get("value"), str):
+        return
+    kind = value.get("type")
+    for coding in (kind.get("coding") or ()) if type(kind) is dict else ():
+        if type(coding) is dict and coding.get("code"):
+            yield TokenValue(f"{coding.get('system') or ''}|{coding['code']}", value["value"])
+
+
+def _reference(value: Any) -> Iterator[IndexValue]:
+    if isinstance(value, str):
+        type_name, id_, url, version = split_reference(value)
+        if type_name or url:
+            yield ReferenceValue(type_name, id_, url, version)
+        return
+    if type(value) is not dict:
+        return
+    if "resourceType" in value:
+        yield ReferenceValue(value["resourceType"], value.get("id"))
+        return
+    ref = value.get("reference")
+    type_name = id_ = url = version = None
+    if isinstance(ref, str):
+        type_name, id_, url, version = split_reference(ref)
+    ident = value.get("identifier")
+    identifier = None
+    if type(ident) is dict and (ident.get("value") is not None or ident.get("system")):
+        identifier = TokenValue(ident.get("system"), ident.get("value"))
+    if type_name or url or identifier:
+        yield ReferenceValue(type_name, id_, url, version, identifier)
+
+
+def _period(start: Any, end: Any) -> DateValue | None:
+    lo_range = date_range(start) if isinstance(start, str) else None
+    hi_range = date_range(end) if isinstance(end, str) else None
+    lo = lo_range[0] if lo_range else None
+    hi = hi_range[1] if hi_range else None
+    if lo is None and hi is None:
+        return None
+    return DateValue(MIN_INSTANT if lo is None else lo, MAX_INSTANT if hi is None else hi)
+
+
+def _date(value: Any) -> Iterator[IndexValue]:
+    if isinstance(value, str):
+        found = date_range(value)
+        if found is not None:
+            yield DateValue(*found)
+    elif type(value) is dict:
+        if "start" in value or "end" in value:
+            period = _period(value.get("start"), value.get("end"))
+            if period is not None:
+                yield period
+        elif "event" in value or "repeat" in value:
+            yield from _timing(value)
+
+
+def _timing(timing: dict[str, Any]) -> Iterator[DateValue]:
+    ranges = [r for e in timing.get("event") or () if isinstance(e, str)
+              for r in (date_range(e),) if r is not None]
+    repeat = timing.get("repeat")
+    bounds = repeat.get("boundsPeriod") if type(repeat) is dict else None
+    if type(bounds) is dict:
+        period = _period(bounds.get("start"), bounds.get("end"))
+        if period is not None:
+            ranges.append((period.lo, period.hi))
+    if ranges:
+        yield DateValue(min(r[0] for r in ranges), max(r[1] for r in ranges))
+
+
+def _number(value: Any) -> Iterator[IndexValue]:
+    if type(value) is dict:
+        value = value.get("value")
+    found = decimal_bounds(value) if isinstance(value, int | Decimal | float) else None
+    if found is not None:
+        yield NumberValue(*found)
+
+
+def _quantity(value: Any) -> Iterator[IndexValue]:
+    if isinstance(value, int | Decimal) and not isinstance(value, bool):
+        found = decimal_bounds(value)
+        if found is not None:
+            yield QuantityValue(*found, None, None, None)
+        return
+    if type(value) is not dict:
+        return
+    if "low" in value or "high" in value:
+        yield from _range(value.get("low"), value.get("high"))
+        return
+    found = decimal_bounds(value["value"]) if "value" in value else None
+    if found is None:
+        return
+    if "currency" in value:
+        yield QuantityValue(*found, CURRENCY_SYSTEM, value.get("currency"), None)
+    else:
+        yield QuantityValue(*found, value.get("system"), value.get("code"), value.get("unit"))
+
+
+def _range(low: Any, high: Any) -> Iterator[QuantityValue]:
+    lo_q = decimal_bounds(low["value"]) if type(low) is dict and "value" in low else None
+    hi_q = decimal_bounds(high["value"]) if type(high) is dict and "value" in high else None
+    if lo_q is None and hi_q is None:
+        return
+    unit_of = low if lo_q is not None else high
+    value = lo_q[0] if lo_q is not None else hi_q[0]  # type: ignore[index]
+    yield QuantityValue(value, lo_q[1] if lo_q else float("-inf"),
+                        hi_q[2] if hi_q else float("inf"),
+                        unit_of.get("system"), unit_of.get("code"), unit_of.get("unit"))
+
+
+def _uri(value: Any) -> Iterator[IndexValue]:
+    if isinstance(value, str):
+        yield UriValue(value)
+
+
+CONVERTERS: dict[str, Converter] = {
+    "string": _string, "token": _token, "reference": _reference, "date": _date,
+    "number": _number, "quantity": _quantity, "uri": _uri,
+}
+
+
+# -- the indexer ---------------------------------------------------------------------------
+
+Step = tuple[str, Converter, fhirpath.Compiled, bool]  # code, converter, expression, of-type
+
+
+class RegistryIndexer:
+    """Extracts every registered parameter of a resource's type (the `Indexer` protocol)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.skipped: dict[str, str] = {}  # parameter url -> why its expression is not used
+        self._plans: dict[str, list[Step]] = {}
+        self._revision = registry.revision
+
     def extract(self, type: str, resource: dict[str, Any]) -> list[IndexEntry]:
-        entries = [IndexEntry("_id", TokenValue(None, resource["id"]))]
-        last_updated = resource.get("meta", {}).get("lastUpdated")
-        if last_updated:
-            at = instant_to_micros(last_updated)
-            entries.append(IndexEntry("_lastUpdated", DateValue(at, at)))
+        entries: list[IndexEntry] = []
+        focus, env = [resource], (resource, resource)
+        for code, convert, compiled, of_type in self.plan(type):
+            try:
+                values = compiled.fn(focus, env)
+                if not values:
+                    continue
+                found = [v for value in values for v in convert(value)]
+                if of_type:
+                    kinds = [t for value in values
+                             if isinstance(value, dict) and "type" in value
+                             for t in _of_type(value)]
+                    entries.extend(IndexEntry(code + OF_TYPE_SUFFIX, t) for t in kinds)
+                # duplicates come from unions and repeated parts: drop them per parameter
+                if len(found) > 1:
+                    found = list(dict.fromkeys(found))
+                entries.extend(IndexEntry(code, v) for v in found)
+            except Exception:  # a malformed value must never fail the write
+                log.warning("index extraction failed", exc_info=True,
+                            extra={"param": code, "resource_type": type})
         return entries
+
+    def plan(self, type: str) -> list[Step]:
+        """The compiled steps for `type`, rebuilt when the registry changes."""
+        if self._revision != self.registry.revision:
+            self._plans.clear()
+            self._revision = self.registry.revision
+        steps = self._plans.get(type)
+        if steps is None:
+            steps = self._plans[type] = self._build(type)
+        return steps
+
+    def _build(self, type: str) -> list[Step]:
+        steps: list[Step] = []
+        for code, param in sorted(self.registry.for_type(type).items()):
+            convert = CONVERTERS.get(param.type)
+            if convert is None or not param.expression:
+                continue
+            compiled = self._compile(param, type)
+            if compiled is None or compiled.never_matches:
+                continue
+            steps.append((code, convert, compiled, param.type == "token"))
+        return steps
+
+    def _compile(self, param: SearchParamDef, type: str) -> fhirpath.Compiled | None:
+        try:
+            return fhirpath.compile(param.expression or "", type)
+        except fhirpath.FhirPathError as exc:
+            if param.url not in self.skipped:
+                self.skipped[param.url] = str(exc)
+                log.warning("search parameter not indexed: %s", exc,
+                            extra={"param": param.code, "url": param.url})
+            return None
+
+
+def compile_coverage(registry: Registry) -> tuple[int, dict[str, str]]:
+    """How many (parameter, base type) expressions compile, and why the others do not."""
+    compiled, failed = 0, {}
+    for param in registry.by_url.values():
+        if not param.expression or param.type in ("composite", "special"):
+            continue
+        for base in param.base:
+            try:
+                fhirpath.compile(param.expression, base)
+                compiled += 1
+            except fhirpath.FhirPathError as exc:
+                failed[f"{param.url} ({base})"] = str(exc)
+    return compiled, failed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -52,12 +53,14 @@ class SearchParamDef:
 class Registry:
     by_url: dict[str, SearchParamDef] = field(default_factory=dict)
     _by_type: dict[str, dict[str, SearchParamDef]] = field(default_factory=dict)
+    revision: int = 0  # bumped on every change, so caches (compiled extractors) can notice
 
     def add(self, param: SearchParamDef) -> None:
         old = self.by_url.get(param.url)
         if old is not None:
             self.remove(old.url)
         self.by_url[param.url] = param
+        self.revision += 1
         for base in param.base:
             self._by_type.setdefault(base, {})[param.code] = param
 
@@ -65,6 +68,7 @@ class Registry:
         param = self.by_url.pop(url, None)
         if param is None:
             return
+        self.revision += 1
         for base in param.base:
             if self._by_type.get(base, {}).get(param.code) is param:
                 del self._by_type[base][param.code]
@@ -88,8 +92,17 @@ class Registry:
 
     @classmethod
     def load_default(cls) -> Registry:
-        registry = cls()
-        table = resources.files("fhirpm.fhir").joinpath("tables/search_parameters.json")
-        for obj in json.loads(table.read_bytes()):
-            registry.add(SearchParamDef.from_json(obj))
-        return registry
+        """A new registry holding the official R4 parameters (the table is read once)."""
+        official = _official()
+        return cls(dict(official.by_url), {t: dict(p) for t, p in official._by_type.items()},
+                   official.revision)
+
+
+@cache
+def _official() -> Registry:
+    """The official parameters, built once per process; copied, never handed out."""
+    registry = Registry()
+    table = resources.files("fhirpm.fhir").joinpath("tables/search_parameters.json")
+    for obj in json.loads(table.read_bytes()):
+        registry.add(SearchParamDef.from_json(obj))
+    return registry
