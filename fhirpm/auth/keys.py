@@ -27,6 +27,19 @@ def new_key() -> dict[str, Any]:
     return {"jwk": key.as_dict(private=True), "created": int(time.time())}
 
 
+_imported: dict[tuple[str, str], RSAKey] = {}
+
+
+def _import(jwk: dict[str, Any]) -> RSAKey:
+    """Import a stored private key once per process (loading an RSA private key checks it,
+    which costs tens of milliseconds; every node and test re-reads the same ring)."""
+    ident = (jwk.get("kid", ""), jwk["n"])
+    key = _imported.get(ident)
+    if key is None:
+        key = _imported[ident] = RSAKey.import_key(jwk)  # type: ignore[arg-type]
+    return key
+
+
 class KeyRing:
     def __init__(self, docs: AuthDocs) -> None:
         self.docs = docs
@@ -46,7 +59,7 @@ class KeyRing:
             self._set(record.body)
 
     def _set(self, body: dict[str, Any]) -> None:
-        self._keys = [RSAKey.import_key(k["jwk"]) for k in body["keys"]]
+        self._keys = [_import(k["jwk"]) for k in body["keys"]]
 
     async def signing_key(self) -> RSAKey:
         if not self._keys:

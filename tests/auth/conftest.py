@@ -4,6 +4,7 @@ HTTP client on it, and `Browser`, which walks the login and consent pages like a
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import secrets
@@ -21,6 +22,8 @@ import pytest
 from starlette.applications import Starlette
 
 from fhirpm.auth import routes
+from fhirpm.auth.keys import RING, new_key
+from fhirpm.auth.records import KEYS
 from fhirpm.auth.server import AuthServer
 from fhirpm.config import AuthSettings, Settings
 from fhirpm.storage.port import ResourceVersion
@@ -84,6 +87,7 @@ async def make_env(settings: Settings) -> AsyncIterator[Env]:
     store = SqliteResourceStore.from_url(settings.store_url)
     await store.open()
     server = AuthServer(settings, store)
+    await server.docs.put(KEYS, RING, {"keys": [shared_key()]})  # no keygen per test
     app = Starlette(routes=routes.build(server, "/fhir"))
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
@@ -91,6 +95,12 @@ async def make_env(settings: Settings) -> AsyncIterator[Env]:
             yield Env(server, http, store)
     finally:
         await store.close()
+
+
+@functools.cache
+def shared_key() -> dict[str, Any]:
+    """One server signing key for the whole run (generating RSA keys is slow)."""
+    return new_key()
 
 
 def pkce() -> tuple[str, str]:

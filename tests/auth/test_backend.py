@@ -3,6 +3,7 @@ registered inline or served from a JWKS URL (a real HTTP server on loopback)."""
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -18,6 +19,12 @@ from joserfc.jwk import ECKey, RSAKey
 from tests.auth.conftest import TOKEN_URL, Env
 
 ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@functools.cache
+def client_key(alg: str) -> RSAKey | ECKey:
+    """A client's key, shared across tests (each test registers its own client with it)."""
+    return make_key(alg)
 
 
 def make_key(alg: str) -> RSAKey | ECKey:
@@ -55,7 +62,7 @@ async def token(env: Env, signed: str, scope: str = "system/*.rs",
 
 @pytest.mark.parametrize("alg", ["RS384", "ES384"])
 async def test_backend_services_token(env: Env, alg: str) -> None:
-    key = make_key(alg)
+    key = client_key(alg)
     client_id = await backend(env, key)
     r = await token(env, assertion(key, client_id), "system/Patient.rs system/*.rs openid")
     assert r.status_code == 200, r.text
@@ -89,7 +96,7 @@ async def test_replayed_jti_is_refused(env: Env) -> None:
     ({"jti": None}, "jti"),
 ])
 async def test_bad_assertion_claims(env: Env, claims: dict[str, Any], why: str) -> None:
-    key = make_key("RS384")
+    key = client_key("RS384")
     client_id = await backend(env, key)
     r = await token(env, assertion(key, client_id, **claims))
     assert r.status_code in (400, 401), r.text
@@ -98,7 +105,7 @@ async def test_bad_assertion_claims(env: Env, claims: dict[str, Any], why: str) 
 
 
 async def test_wrong_key_and_wrong_algorithm(env: Env) -> None:
-    key = make_key("RS384")
+    key = client_key("RS384")
     client_id = await backend(env, key)
     stranger = RSAKey.generate_key(2048, parameters={"alg": "RS384", "kid": key.kid})
     forged = await token(env, assertion(stranger, client_id))
@@ -123,7 +130,7 @@ async def test_not_a_jwt(env: Env) -> None:
 
 
 async def test_only_registered_system_scopes(env: Env) -> None:
-    key = make_key("ES384")
+    key = client_key("ES384")
     client_id = await backend(env, key, scope="system/Patient.rs")
     narrow = await token(env, assertion(key, client_id), "system/*.rs system/Patient.r")
     assert narrow.json()["scope"] == "system/Patient.r"
@@ -152,7 +159,8 @@ def jwks_server() -> Iterator[tuple[str, dict[str, Any]]]:
             pass
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}/jwks.json", served
