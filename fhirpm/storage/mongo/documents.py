@@ -51,7 +51,9 @@ async def put(db: AsyncDatabase, collection: str, key: str, body: bytes, *,
     if expected_rev is None:
         condition: dict[str, Any] = {}
     elif expected_rev == 0:
-        condition = {"expires_at": {"$lte": now}}  # absent (upsert) or expired
+        # absent (then the upsert inserts) or expired; `$ne: None` because a null never
+        # compares with a number (MongoDB says so, but say it for every server)
+        condition = {"expires_at": {"$ne": None, "$lte": now}}
     else:
         condition = {"rev": int(expected_rev), **_live(now)}
     for _ in range(2):  # an unconditional upsert can lose one insert race; retry it once

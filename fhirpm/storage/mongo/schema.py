@@ -3,8 +3,8 @@
 Collections (one database, named in the URL path, default `fhirpm`):
 
 - one collection per resource type, named exactly like the type (`Patient`): the current
-  version of each resource, `{_id: id, v, lu, m, seq, c, del, body, ix}` (`c`: the seq
-  that created it, the order of unsorted searches). `body` is the served
+  version of each resource, `{_id: id, v, lu, m, seq, c, del, k, body, ix}` (`c`: the seq
+  that created it, the order of unsorted searches; `k`: it holds unique keys). `body` is the served
   JSON as BSON binary (never re-encoded: decimals such as `72.50` survive byte for byte);
   `ix` holds the search index values as typed arrays, one per value kind
   (`ix.tok: [{p: "identifier", s: system, c: code}, ...]`), so one generic compound index
@@ -129,12 +129,13 @@ def index_entries(ix: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[IndexEn
 
 # -- stored documents <-> ResourceVersion ---------------------------------------------------
 
-def current_document(v: ResourceVersion, entries: Sequence[IndexEntry]) -> dict[str, Any]:
-    doc: dict[str, Any] = {"_id": v.id, "v": v.version, "lu": v.last_updated, "m": v.method,
-                           "seq": v.seq, "del": v.deleted, "body": Binary(v.body)}
-    if not v.deleted:
-        doc["ix"] = index_document(entries)
-    return doc
+def current_fields(v: ResourceVersion, entries: Sequence[IndexEntry], *,
+                   has_keys: bool) -> dict[str, Any]:
+    """A current-version document without `_id` and `c` (the creation seq, kept across
+    versions) and with `seq` still 0: the unit's commit sets both."""
+    return {"v": v.version, "lu": v.last_updated, "m": v.method, "seq": 0, "del": v.deleted,
+            "body": Binary(v.body), "k": has_keys,
+            "ix": {} if v.deleted else index_document(entries)}
 
 
 def history_document(v: ResourceVersion, seq: int) -> dict[str, Any]:

@@ -11,7 +11,6 @@ StoreErrors; nothing above storage sees PyMongo.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,7 +20,7 @@ from typing import Any, TypeVar
 from pymongo import AsyncMongoClient, IndexModel, ReadPreference
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import CollectionInvalid, PyMongoError
+from pymongo.errors import PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
@@ -121,8 +120,7 @@ class MongoResourceStore:
             await db[name].create_indexes([IndexModel(keys, **opts) for keys, opts in specs])
 
     async def _create_type_indexes(self, db: AsyncDatabase, type: str) -> None:
-        with contextlib.suppress(CollectionInvalid):  # it exists already
-            await db.create_collection(type)
+        # createIndexes creates the collection too, and is a no-op when both exist
         await db[type].create_indexes(
             [IndexModel(keys, **opts) for keys, opts in schema.RESOURCE_INDEXES])
         self._known_types.add(type)
@@ -164,12 +162,10 @@ class MongoResourceStore:
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[TransactionalUnit]:
-        assert self._client is not None
-        session = self._client.start_session()
+        unit = TransactionalUnit(self.db, self._search_in, self.ensure_type,
+                                 TRANSACTION_OPTIONS)
         try:
-            await session.start_transaction(**TRANSACTION_OPTIONS)
-            unit = TransactionalUnit(self.db, session, self._search_in, self.ensure_type,
-                                     TRANSACTION_OPTIONS)
+            await self._guard(unit.begin(), "starting a transaction")
             try:
                 yield unit
             except BaseException:
@@ -177,7 +173,7 @@ class MongoResourceStore:
                 raise
             await unit.commit()
         finally:
-            await asyncio.shield(session.end_session())
+            await asyncio.shield(unit.close())
 
     async def _search_in(self, query: SearchQuery,
                          session: AsyncClientSession | None) -> SearchResult:

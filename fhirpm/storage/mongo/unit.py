@@ -56,15 +56,24 @@ def _result_key(result: SearchResult) -> tuple[Any, ...]:
 
 
 class TransactionalUnit:
-    def __init__(self, db: AsyncDatabase, session: AsyncClientSession, search: SearchFn,
-                 ensure_type: EnsureType, options: dict[str, Any]) -> None:
+    def __init__(self, db: AsyncDatabase, search: SearchFn, ensure_type: EnsureType,
+                 options: dict[str, Any]) -> None:
         self._db = db
-        self._session = session
         self._search = search
         self._ensure_type = ensure_type
         self._options = options
+        self._session: AsyncClientSession | None = None
         self._log: list[tuple[Any, ...]] = []
         self._broken = False  # the server transaction must be replaced before further use
+
+    async def begin(self) -> None:
+        await self._new_transaction()
+
+    async def close(self) -> None:
+        """End the session; call once, after commit or rollback."""
+        if self._session is not None:
+            await self._session.end_session()
+            self._session = None
 
     # -- the UnitOfWork port ------------------------------------------------------------
 
@@ -101,7 +110,8 @@ class TransactionalUnit:
         return await self._run(finish_and_commit)
 
     async def rollback(self) -> None:
-        await _abort(self._session)
+        if self._session is not None:
+            await _abort(self._session)
 
     # -- replay ---------------------------------------------------------------------------
 
@@ -113,6 +123,7 @@ class TransactionalUnit:
             try:
                 if self._broken:
                     await self._replay()
+                assert self._session is not None, "the unit of work has ended"
                 return await step(self._session)
             except (PyMongoError, txn.CommitRefused) as exc:
                 if not txn.is_transient(exc):
@@ -120,9 +131,20 @@ class TransactionalUnit:
                 self._broken = True
         raise txn.gave_up("unit of work")
 
-    async def _replay(self) -> None:
-        await _abort(self._session)
+    async def _new_transaction(self) -> None:
+        # A fresh session for every attempt: a session whose commit was refused cannot be
+        # aborted (the driver considers it committed), and must not lend its state to the
+        # next attempt.
+        if self._session is not None:
+            await _abort(self._session)
+            _discard(self._session)
+            await self.close()
+        self._session = self._db.client.start_session()
         await self._session.start_transaction(**self._options)
+
+    async def _replay(self) -> None:
+        await self._new_transaction()
+        assert self._session is not None
         for op in self._log:
             if op[0] == "current":
                 _, type, id, seen = op
@@ -139,6 +161,14 @@ class TransactionalUnit:
 
 
 async def _commit(session: AsyncClientSession) -> None:
+    try:
+        await _commit_until_known(session)
+    except BaseException:
+        _discard(session)
+        raise
+
+
+async def _commit_until_known(session: AsyncClientSession) -> None:
     for attempt in range(txn.MAX_ATTEMPTS):
         if attempt:
             await txn.backoff(attempt)
@@ -156,6 +186,20 @@ async def _commit(session: AsyncClientSession) -> None:
                 continue
             raise
     raise StoreError("MongoDB did not confirm the commit; its outcome is unknown")
+
+
+def _discard(session: AsyncClientSession) -> None:
+    """Keep a session whose transaction failed out of the driver's pool.
+
+    After a refused or uncertain commit the server's idea of that session is unknown (one
+    server keeps the failed transaction open under the session id and ignores the next
+    `startTransaction`): the driver then hands the same session id to a later unit. A dirty
+    server session is dropped instead, as the driver does itself after network errors.
+    """
+    server_session = getattr(session, "_server_session", None)
+    mark_dirty = getattr(server_session, "mark_dirty", None)
+    if mark_dirty is not None:
+        mark_dirty()
 
 
 async def _abort(session: AsyncClientSession) -> None:

@@ -8,7 +8,6 @@ None when the deployment runs without transactions.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,30 +53,31 @@ async def read_current(db: AsyncDatabase, session: Session, type: str,
     return schema.version_from_current(type, doc) if doc else None
 
 
-def _conflict(v: ResourceVersion, have: int, expected: int) -> VersionConflict:
-    return VersionConflict(f"{v.type}/{v.id} is at version {have}, not {expected}")
+def _conflict(v: ResourceVersion, expected: int) -> VersionConflict:
+    # No read for the message: after a failed write a transaction may already be aborted.
+    return VersionConflict(f"{v.type}/{v.id} is no longer at version {expected} "
+                           "(another writer changed it)")
 
 
 async def apply_put(db: AsyncDatabase, session: Session, put: Put) -> None:
+    """One round trip for the common case: the version check is the write's own filter."""
     v = put.version
     collection = db[v.type]
-    current = await collection.find_one({"_id": v.id}, {"v": 1, "c": 1}, session=session)
-    have = current["v"] if current else 0
-    if have != put.expected_version:
-        raise _conflict(v, have, put.expected_version)
     await _check_keys(db, session, v, put.unique_keys)
-    doc = schema.current_document(dataclasses.replace(v, seq=0), put.entries)
-    doc["c"] = current.get("c", 0) if current else 0  # creation seq, set by `finish`
-    if current is None:
+    fields = schema.current_fields(v, put.entries, has_keys=bool(put.unique_keys))
+    if put.expected_version == 0:
         try:
-            await collection.insert_one(doc, session=session)
+            await collection.insert_one({"_id": v.id, "c": 0, **fields}, session=session)
         except DuplicateKeyError:
-            raise _conflict(v, -1, put.expected_version) from None  # created meanwhile
+            raise _conflict(v, 0) from None  # it exists: created meanwhile
     else:
-        result = await collection.replace_one({"_id": v.id, "v": have}, doc, session=session)
-        if result.matched_count != 1:
-            raise _conflict(v, -1, put.expected_version)
-        await db[schema.UNIQUE_KEYS].delete_many({"t": v.type, "i": v.id}, session=session)
+        before = await collection.find_one_and_update(
+            {"_id": v.id, "v": put.expected_version}, {"$set": fields},
+            projection={"k": 1}, session=session)
+        if before is None:
+            raise _conflict(v, put.expected_version)
+        if before.get("k"):
+            await db[schema.UNIQUE_KEYS].delete_many({"t": v.type, "i": v.id}, session=session)
     await _claim_keys(db, session, v, put.unique_keys)
 
 
