@@ -78,7 +78,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if cached is not None:
         return cached
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}  # noqa: S506
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: {exc}") from None
     if not isinstance(data, dict):
@@ -383,7 +383,7 @@ class _Run:
             sub = _sub_comps(comps, rule["c"])
             if "sub" in rule:  # one subcomponent (SAD.2 street name inside XAD.1)
                 sub = sub[rule["sub"] - 1:rule["sub"]]
-            if not sub or not sub[0][0] or sub == [[NULL]]:
+            if not any(s[0] for s in sub) or sub == [[NULL]]:
                 continue
             if "value" in rule:
                 _set(out, rule["path"], _copy(rule["value"]))

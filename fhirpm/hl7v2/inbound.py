@@ -278,10 +278,11 @@ def merge(stored: dict[str, Any] | None, res: MappedResource) -> dict[str, Any]:
         out["meta"] = meta
     for name, value in res.body.items():
         if name in _ACCUMULATE and isinstance(value, list):
-            kept = [v for v in stored.get(name) or () if not _same_item(v, value)]
-            out[name] = [*value, *kept]
+            # what is stored stays as it is (and where it is); only new items are added
+            have = list(stored.get(name) or ())
+            out[name] = have + [v for v in value if not _same_item(v, have)]
         else:
-            out[name] = value
+            out[name] = _keep_equivalent(stored.get(name), value)
     for name in res.deletes:
         out.pop(name, None)
     for name, value in res.defaults.items():
@@ -290,14 +291,31 @@ def merge(stored: dict[str, Any] | None, res: MappedResource) -> dict[str, Any]:
     return out
 
 
-def _same_item(item: Any, new: list[Any]) -> bool:
-    """An identifier (system, value) or link (other) the message sends again."""
+def _same_item(item: Any, have: list[Any]) -> bool:
+    """An identifier (system, value) or link (type, other) already stored."""
     if not isinstance(item, dict):
-        return item in new
+        return item in have
     if "other" in item:
-        return any(isinstance(n, dict) and n.get("type") == item.get("type") for n in new)
-    return any(isinstance(n, dict) and n.get("value") == item.get("value")
-               and n.get("system") == item.get("system") for n in new)
+        return any(isinstance(h, dict) and h.get("type") == item.get("type")
+                   and h.get("other") == item.get("other") for h in have)
+    return any(isinstance(h, dict) and h.get("value") == item.get("value")
+               and h.get("system") == item.get("system") for h in have)
+
+
+def _keep_equivalent(stored: Any, new: Any) -> Any:
+    """Keep the stored text of a time the message sends as the same instant in another
+    form (`Z` vs `+00:00`), so a round trip through v2 changes nothing."""
+    if isinstance(stored, str) and isinstance(new, str) and stored != new \
+            and "T" in stored and "T" in new:
+        from datetime import datetime
+
+        try:
+            same = datetime.fromisoformat(stored.replace("Z", "+00:00")) == \
+                datetime.fromisoformat(new.replace("Z", "+00:00"))
+        except ValueError:
+            return new
+        return stored if same else new
+    return new
 
 
 def _drop_references(resource: dict[str, Any], urls: set[str]) -> None:

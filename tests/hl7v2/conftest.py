@@ -47,3 +47,11 @@ async def conditional(ix: Interactions) -> None:
     except NotImplementedError:
         pytest.skip("conditional matching (repository.conditional.find_matches) has not "
                     "landed yet: inbound writes need it")
+
+
+@pytest.fixture
+async def reference_search(ix: Interactions) -> None:
+    """Skip until search by reference is installed (an A40 finds what to move with it)."""
+    if ix.search_handler is None:
+        pytest.skip("search (Interactions.search_handler) has not landed yet: A40 moves "
+                    "references found by searching")

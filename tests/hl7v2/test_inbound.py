@@ -12,7 +12,7 @@ from fhirpm.hl7v2 import ack, parser
 from fhirpm.hl7v2.inbound import Inbound
 from fhirpm.repository.interactions import Interactions
 from fhirpm.storage.port import HistoryQuery
-from tests.conftest import BASE, shared_path
+from tests.conftest import shared_path
 from tests.hl7v2.samples import adt, siu
 
 needs_conditional = pytest.mark.usefixtures("conditional")
@@ -171,6 +171,7 @@ async def test_message_log_is_searchable(inbound: Inbound) -> None:
 
 
 @needs_conditional
+@pytest.mark.usefixtures("reference_search")
 async def test_a40_links_patients_and_moves_references(inbound: Inbound,
                                                        ix: Interactions) -> None:
     old = adt("A04", "O1", pid="PID|1||OLD1^^^PRACTICE^MR||Doe^Jane")
