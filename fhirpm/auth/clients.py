@@ -99,6 +99,8 @@ def build_client(*, name: str, auth_method: str, redirect_uris: list[str] | tupl
                  jwks: dict[str, Any] | None = None,
                  jwks_uri: str | None = None) -> tuple[Client, str | None]:
     """A validated new client and its secret (shown once; only its digest is kept)."""
+    if len(name) > 200:
+        raise _bad("client_name is longer than 200 characters")
     if auth_method not in AUTH_METHODS:
         raise _bad(f"token_endpoint_auth_method must be one of {', '.join(AUTH_METHODS)}")
     grants = tuple(grant_types or ("authorization_code", "refresh_token"))

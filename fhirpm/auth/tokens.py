@@ -100,7 +100,7 @@ class Tokens:
             await self.revoke_grant(grant.grant_id)
             raise invalid_grant("this refresh token was already used; the grant is revoked")
         granted = grant.scopes
-        wanted = granted if scope is None else ScopeSet.parse(scope)
+        wanted = granted if not (scope or "").strip() else ScopeSet.parse(scope)
         if not wanted or not granted.covers(wanted):
             raise invalid_scope("a refresh may narrow the granted scope, never widen it")
         return await self._respond(grant, wanted, nonce=None, rotate_from=grant.grant_id)
