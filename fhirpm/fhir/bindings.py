@@ -46,6 +46,21 @@ class BindingChecker:
         table = resources.files("fhirpm.fhir").joinpath("tables/required_bindings.json")
         return cls(json.loads(table.read_bytes()))
 
+    def code_system(self, type: str, names: tuple[str, ...]) -> str | None:
+        """The one code system a required binding implies for the element `type.names`
+        (`Patient.gender` -> http://hl7.org/fhir/administrative-gender), else None."""
+        node = type
+        for name in names[:-1]:
+            target = self.nodes.get(node, {}).get(name)
+            if target is None or not target.startswith("@") or target == "@*":
+                return None
+            node = target[1:]
+        vs = self.nodes.get(node, {}).get(names[-1]) if names else None
+        if vs is None or vs.startswith("@"):
+            return None
+        systems = self.systems[vs]
+        return next(iter(systems)) if len(systems) == 1 else None
+
     def check(self, resource: dict[str, Any], path: str | None = None) -> list[Issue]:
         """Every required-binding violation in `resource` (and the resources it nests)."""
         issues: list[Issue] = []

@@ -11,8 +11,10 @@ parameter's FHIRPath expression is compiled once per (expression, type) by
   plus (None, None, folded text) for its `text`; Identifier -> (system, value, folded
   type.text), and for each `type` coding one more entry under the code `<param>:of-type`
   with system `"<type system>|<type code>"` and code = the identifier value; ContactPoint ->
-  (its system code such as `phone`, value); code/string/id/uri -> (None, value);
-  boolean -> (None, "true"/"false").
+  (its system code such as `phone`, value); code/string/id/uri -> (None, value), except
+  that a `code` element with a required binding to a single code system gets that system
+  (`Patient.gender` -> (http://hl7.org/fhir/administrative-gender, "female"), as the spec
+  reads a code's implicit system); boolean -> (None, "true"/"false").
 - reference: Reference.reference split by `normalize.split_reference` (relative `Type/id`,
   absolute URL also parsed into type/id, canonical `url|version`; contained `#id` skipped),
   with Reference.identifier as `identifier`; a canonical/uri string likewise; a resource
@@ -36,8 +38,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from decimal import Decimal
+from functools import partial
 from typing import Any, Protocol
 
+from fhirpm.fhir.bindings import BindingChecker
 from fhirpm.search import fhirpath
 from fhirpm.search.dates import date_range
 from fhirpm.search.normalize import decimal_bounds, fold, split_reference
@@ -101,11 +105,11 @@ def _coding(coding: Any) -> TokenValue | None:
     return TokenValue(system, code, _text(coding.get("display")))
 
 
-def _token(value: Any) -> Iterator[IndexValue]:
+def _token(value: Any, system: str | None = None) -> Iterator[IndexValue]:
     if isinstance(value, bool):
         yield TokenValue(None, "true" if value else "false")
     elif isinstance(value, str):
-        yield TokenValue(None, value)
+        yield TokenValue(system, value)
     elif isinstance(value, int | Decimal):
         yield TokenValue(None, str(value))
     elif type(value) is dict:
@@ -257,8 +261,9 @@ Step = tuple[str, Converter, fhirpath.Compiled, bool]  # code, converter, expres
 class RegistryIndexer:
     """Extracts every registered parameter of a resource's type (the `Indexer` protocol)."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, bindings: BindingChecker | None = None) -> None:
         self.registry = registry
+        self.bindings = bindings or BindingChecker.load_default()
         self.skipped: dict[str, str] = {}  # parameter url -> why its expression is not used
         self._plans: dict[str, list[Step]] = {}
         self._revision = registry.revision
@@ -305,8 +310,21 @@ class RegistryIndexer:
             compiled = self._compile(param, type)
             if compiled is None or compiled.never_matches:
                 continue
+            if param.type == "token":
+                system = self._code_system(param, type)
+                if system is not None:
+                    convert = partial(_token, system=system)
             steps.append((code, convert, compiled, param.type == "token"))
         return steps
+
+    def _code_system(self, param: SearchParamDef, type: str) -> str | None:
+        """The system a `code` element's required binding implies (`gender` -> the
+        administrative-gender system), so `gender=<system>|male` matches."""
+        chains = fhirpath.member_chains(param.expression or "", type)
+        if not chains:
+            return None
+        systems = {self.bindings.code_system(type, chain) for chain in chains}
+        return systems.pop() if len(systems) == 1 else None
 
     def _compile(self, param: SearchParamDef, type: str) -> fhirpath.Compiled | None:
         try:

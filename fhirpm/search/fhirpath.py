@@ -216,6 +216,35 @@ def parse(expression: str) -> Node:
     return _Parser(expression).parse()
 
 
+def member_chains(expression: str, root_type: str) -> list[tuple[str, ...]] | None:
+    """The element paths a plain expression selects on `root_type`.
+
+    `Patient.gender | Person.gender` on Patient -> [("gender",)]; None when a branch for
+    `root_type` is anything but a chain of child names (where(), as(), indexers, ...).
+    """
+    chains: list[tuple[str, ...]] = []
+    branches = [parse(expression)]
+    while branches:
+        node = branches.pop()
+        if node[0] == "op" and node[1] == "|":
+            branches.extend((node[3], node[2]))
+            continue
+        names: list[str] = []
+        while node[0] == "member":
+            names.append(node[2])
+            node = node[1]
+        if node[0] != "ident":
+            return None
+        if _is_type_name(node[1]):
+            if node[1] != root_type and node[1] not in _ABSTRACT_ROOTS:
+                continue
+        else:
+            names.append(node[1])
+        if names:
+            chains.append(tuple(reversed(names)))
+    return chains
+
+
 # -- values ---------------------------------------------------------------------------
 
 def _is_number(v: Any) -> bool:

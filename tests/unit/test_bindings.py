@@ -78,6 +78,16 @@ def test_text_only_concepts_and_unexpandable_value_sets_pass(checker):
     assert checker.check(doc) == []
 
 
+def test_code_system_implied_by_a_binding(checker):
+    assert checker.code_system("Patient", ("gender",)) == \
+        "http://hl7.org/fhir/administrative-gender"
+    assert checker.code_system("Patient", ("contact", "gender")) == \
+        "http://hl7.org/fhir/administrative-gender"
+    assert checker.code_system("Patient", ("name",)) is None
+    assert checker.code_system("Patient", ("birthDate",)) is None
+    assert checker.code_system("Patient", ()) is None
+
+
 def test_validator_reports_binding_issues():
     resource = {"resourceType": "Patient", "id": "p1", "gender": "robot"}
     issues = FhirkitValidator().validate(resource, jsonio.dumps(resource))

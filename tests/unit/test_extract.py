@@ -65,7 +65,9 @@ def test_strings_are_folded_and_keep_the_raw_text(indexer):
 
 
 def test_tokens(indexer):
-    assert values(indexer, PATIENT, "gender") == [TokenValue(None, "female")]
+    # a code's implicit system comes from its required binding
+    assert values(indexer, PATIENT, "gender") == [
+        TokenValue("http://hl7.org/fhir/administrative-gender", "female")]
     assert values(indexer, PATIENT, "identifier") == [
         TokenValue("http://hospital/mrn", "12345", "medical record number")]
     assert values(indexer, PATIENT, "identifier:of-type") == [

@@ -124,6 +124,13 @@ def test_unsupported_or_malformed_expressions_fail_at_compile_time():
             fhirpath.compile(bad)
 
 
+def test_member_chains():
+    chains = fhirpath.member_chains("Patient.contact.gender | Person.gender | name", "Patient")
+    assert chains == [("contact", "gender"), ("name",)]
+    assert fhirpath.member_chains("Patient.telecom.where(system='phone')", "Patient") is None
+    assert fhirpath.member_chains("Resource.id", "Patient") == [("id",)]
+
+
 def test_compiled_once():
     assert fhirpath.compile("Patient.name", "Patient") is fhirpath.compile("Patient.name",
                                                                            "Patient")
