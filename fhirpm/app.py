@@ -49,17 +49,26 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
     store = store or store_from_settings(settings)
     interactions = build_interactions(settings, store)
     changes = ChangeFeed(store)  # consumers subscribe before startup; see fhirpm.changes
+    hl7 = None
+    if settings.hl7.enabled:  # the MLLP listener and the v2 outbox (fhirpm.hl7v2)
+        from fhirpm.hl7v2.bridge import Bridge
+
+        hl7 = Bridge(interactions, settings.hl7, settings.fhir_base, feed=changes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.open()
         log.info("fhirpm ready", extra={"base_url": settings.fhir_base,
                                          "store": settings.store_url})
+        if hl7 is not None:
+            await hl7.start()
         await changes.start()
         try:
             yield
         finally:
             await changes.stop()
+            if hl7 is not None:
+                await hl7.stop()
             await store.close()
 
     app = FastAPI(title="fhirpm", version=__version__, lifespan=lifespan,
@@ -81,5 +90,6 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
     app.state.interactions = interactions
     app.state.store = store
     app.state.changes = changes
+    app.state.hl7 = hl7
     app.state.settings = settings
     return app

@@ -31,6 +31,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fhirpm.app import create_app
 
     settings = _settings(args)
+    if getattr(args, "mllp", False):
+        settings = settings.model_copy(update={"hl7": settings.hl7.model_copy(
+            update={"enabled": True})})
     logs.configure(settings.log_level, settings.log_json)
     store_where = settings.store_url
     if store_where.startswith("sqlite:///"):
@@ -90,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default 8080, FHIRPM_PORT)")
     serve.add_argument("--store-url", dest="store_url",
                        help="store URL (default sqlite:///./var/fhirpm.db, FHIRPM_STORE_URL)")
+    serve.add_argument("--mllp", action="store_true",
+                       help="also run the HL7 v2 MLLP listener (FHIRPM_HL7__PORT, default 2575)")
     serve.set_defaults(func=cmd_serve)
 
     load = sub.add_parser("load", help="load FHIR files (Bundles, resources, NDJSON, folders)")
@@ -104,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fhirpm.auth import admin as auth_admin  # clients, users, launch, keys
 
     auth_admin.install(sub, _settings)
+    from fhirpm.hl7v2 import cli as hl7_cli  # hl7 send | listen | replay | messages
+
+    hl7_cli.install(sub, _settings)
     return parser
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fhirpm.hl7v2.settings import Hl7Settings
+
 
 class AuthSettings(BaseModel):
     """The built-in SMART authorization server (fhirpm.auth); FHIRPM_AUTH__<NAME>."""
@@ -54,6 +56,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
     auth: AuthSettings = AuthSettings()
+    hl7: Hl7Settings = Hl7Settings()  # HL7 v2 bridge (fhirpm.hl7v2.settings)
 
     @property
     def fhir_base(self) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Awaitable, Callable
 
+from fhirpm.changes import ChangeFeed
 from fhirpm.errors import Category
 from fhirpm.hl7v2 import ack
 from fhirpm.hl7v2.inbound import Inbound
@@ -18,7 +19,7 @@ from fhirpm.repository.interactions import Interactions
 
 class Bridge:
     def __init__(self, interactions: Interactions, settings: Hl7Settings, base: str, *,
-                 outbound: bool = True) -> None:
+                 outbound: bool = True, feed: ChangeFeed | None = None) -> None:
         self.settings = settings
         self.inbound = Inbound(interactions, settings, base)
         self.server = MllpServer(self.handle, settings.host, settings.port,
@@ -29,7 +30,7 @@ class Bridge:
         if outbound and settings.destinations:
             from fhirpm.hl7v2.outbound import Outbound
 
-            self.outbound = Outbound(interactions.repo.store, settings)
+            self.outbound = Outbound(interactions.repo.store, settings, feed=feed)
 
     async def handle(self, data: bytes, peer: str,
                      early: Callable[[str], Awaitable[None]]) -> list[str]:

@@ -48,7 +48,11 @@ class Outbound:
                  feed: ChangeFeed | None = None) -> None:
         self.store = store
         self.settings = settings
+        # the app's feed runs our consumer with the others; alone we follow our own
+        self._own_feed = feed is None
         self.feed = feed or ChangeFeed(store)
+        if feed is not None:
+            feed.subscribe(CONSUMER, self.enqueue)
         self._tasks: list[asyncio.Task[None]] = []
         self._wake: dict[str, asyncio.Event] = {}
         self._stopping = asyncio.Event()
@@ -57,8 +61,9 @@ class Outbound:
 
     async def start(self) -> None:
         self._stopping.clear()
-        self._tasks.append(asyncio.create_task(self.feed.follow(CONSUMER, self.enqueue),
-                                               name="hl7v2-outbound-feed"))
+        if self._own_feed:
+            self._tasks.append(asyncio.create_task(self.feed.follow(CONSUMER, self.enqueue),
+                                                   name="hl7v2-outbound-feed"))
         for dest in self.settings.destinations:
             self._wake[dest.name] = asyncio.Event()
             self._tasks.append(asyncio.create_task(self._worker(dest),
@@ -66,7 +71,8 @@ class Outbound:
 
     async def stop(self) -> None:
         self._stopping.set()
-        await self.feed.stop()
+        if self._own_feed:
+            await self.feed.stop()
         for event in self._wake.values():
             event.set()
         for task in self._tasks:

@@ -32,8 +32,11 @@ class Destination(BaseModel):
 
 
 class Hl7Settings(BaseModel):
+    """FHIRPM_HL7__<NAME>; nested values (senders, destinations) as JSON."""
+
     model_config = {"frozen": True}
 
+    enabled: bool = False  # `fhirpm serve` also runs the MLLP listener (--mllp sets it)
     host: str = "127.0.0.1"
     port: int = Field(2575, ge=0, le=65535)
     max_frame_bytes: int = Field(4 * 1024 * 1024, ge=1024)

@@ -1,0 +1,55 @@
+"""The bridge inside the app (`fhirpm serve --mllp`) and the `fhirpm hl7` commands, over
+real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from fhirpm.app import create_app
+from fhirpm.cli import main
+from fhirpm.config import Settings
+from fhirpm.hl7v2 import ack
+from fhirpm.hl7v2.mllp import MllpClient
+from fhirpm.hl7v2.settings import Hl7Settings
+from tests.hl7v2.samples import adt
+
+
+def with_mllp(settings: Settings) -> Settings:
+    return settings.model_copy(update={"hl7": Hl7Settings(enabled=True, port=0)})
+
+
+async def test_app_lifespan_runs_the_listener(settings: Settings) -> None:
+    app = create_app(with_mllp(settings))
+    async with app.router.lifespan_context(app):
+        port = app.state.hl7.server.port
+        async with MllpClient("127.0.0.1", port) as client:
+            (reply,) = await client.send(adt("A99", "APP1"))
+        assert ack.read(reply).code == "AR"
+    assert app.state.hl7.server._server is None  # stopped with the app
+
+
+async def test_cli_send_prints_acks_and_fails_on_naks(settings: Settings, tmp_path: Path,
+                                                      capsys) -> None:
+    app = create_app(with_mllp(settings))
+    batch = tmp_path / "two.hl7"
+    batch.write_text(adt("A99", "C1").replace("\r", "\n") + adt("A98", "C2"))
+    async with app.router.lifespan_context(app):
+        port = str(app.state.hl7.server.port)
+        code = await asyncio.to_thread(main, ["hl7", "send", "--port", port, str(batch)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "ADT^A99 C1: AR" in out and "ADT^A98 C2: AR" in out
+
+
+async def test_cli_messages_and_replay(settings: Settings, capsys) -> None:
+    app = create_app(with_mllp(settings))
+    async with app.router.lifespan_context(app):
+        async with MllpClient("127.0.0.1", app.state.hl7.server.port) as client:
+            await client.send(adt("A99", "R1"))
+    url = ["--store-url", settings.store_url]
+    assert await asyncio.to_thread(main, ["hl7", "messages", "--status", "rejected", *url]) == 0
+    assert '"control_id": "R1"' in capsys.readouterr().out
+    code = await asyncio.to_thread(main, ["hl7", "replay", "--status", "rejected", *url])
+    assert code == 1  # still an unknown event
+    assert "ADT^A99 R1: rejected" in capsys.readouterr().out
