@@ -45,8 +45,9 @@ async def test_cli_send_prints_acks_and_fails_on_naks(settings: Settings, tmp_pa
 async def test_cli_messages_and_replay(settings: Settings, capsys) -> None:
     app = create_app(with_mllp(settings))
     async with app.router.lifespan_context(app):
-        async with MllpClient("127.0.0.1", app.state.hl7.server.port) as client:
-            await client.send(adt("A99", "R1"))
+        client = MllpClient("127.0.0.1", app.state.hl7.server.port)
+        await client.send(adt("A99", "R1"))
+        await client.close()
     url = ["--store-url", settings.store_url]
     assert await asyncio.to_thread(main, ["hl7", "messages", "--status", "rejected", *url]) == 0
     assert '"control_id": "R1"' in capsys.readouterr().out
