@@ -82,6 +82,8 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
 
         app.state.auth = AuthServer(settings, store)
         app.router.routes.extend(auth_routes.build(app.state.auth, FHIR_MOUNT))
+        # CapabilityStatement.rest.security (oauth-uris), for the statement to publish
+        interactions.features["security"] = app.state.auth.security()
     else:
         log.warning("AUTHORIZATION IS DISABLED (FHIRPM_AUTH__ENABLED=false): anyone who can "
                     "reach this server can read and change every record. Development only.")

@@ -6,10 +6,12 @@ and users or issue an EHR launch; the resource server uses `server.verifier`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fhirpm.auth.assertions import AssertionVerifier, ClientKeys
 from fhirpm.auth.authorize import AuthorizeFlow
 from fhirpm.auth.clients import Clients
-from fhirpm.auth.discovery import Urls
+from fhirpm.auth.discovery import Urls, capability_security
 from fhirpm.auth.grants import ClientAuthenticator, TokenEndpoint
 from fhirpm.auth.introspection import Introspection
 from fhirpm.auth.keys import KeyRing
@@ -48,3 +50,7 @@ class AuthServer:
         self.token_endpoint = TokenEndpoint(docs, self.client_auth, self.tokens)
         self.introspection = Introspection(self.client_auth, self.verifier, self.tokens,
                                            urls.issuer)
+
+    def security(self) -> dict[str, Any]:
+        """CapabilityStatement.rest[0].security: SMART service and oauth-uris."""
+        return capability_security(self.urls, registration=self.settings.registration_enabled)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from fhirpm.app import create_app
 from fhirpm.config import AuthSettings, Settings
@@ -22,6 +23,16 @@ async def test_mounted_in_the_app(client: httpx.AsyncClient) -> None:
     assert jwks.status_code == 200 and jwks.json()["keys"]
     oidc = await client.get("http://testserver/auth/.well-known/openid-configuration")
     assert oidc.json()["issuer"] == "http://testserver/auth"
+
+
+async def test_security_block_for_the_capability_statement(app: FastAPI) -> None:
+    security = app.state.interactions.features["security"]
+    uris = {e["url"]: e["valueUri"] for e in security["extension"][0]["extension"]}
+    assert security["extension"][0]["url"] == (
+        "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris")
+    assert uris["authorize"] == "http://testserver/auth/authorize"
+    assert uris["token"] == "http://testserver/auth/token"
+    assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
 
 
 async def test_auth_disabled_warns_and_serves_no_auth_routes(
