@@ -15,10 +15,11 @@ and submits one transaction; `Mapped.bundle()` shows the same thing with nothing
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -370,11 +371,18 @@ class _Run:
     def _build(self, dmap: dict[str, Any], comps: Comps) -> dict[str, Any]:
         out: dict[str, Any] = {}
         got_data = False
+        size = len(comps)
+
+        def present(n: int) -> str:
+            return _comp(comps, n)
+
         for rule in dmap.get("rules", ()):
-            present = lambda n: _comp(comps, n)  # noqa: E731
-            if not _condition(rule.get("when"), present):
+            c = rule.get("c")
+            if c is not None and c > size:
+                continue  # the component is not there: nothing to read
+            if "when" in rule and not _condition(rule["when"], present):
                 continue
-            if "c" not in rule:
+            if c is None:
                 if "fn" in rule:
                     value = FUNCTIONS[rule["fn"]](self, comps, rule)
                     if value is not None:
@@ -491,10 +499,9 @@ class _Run:
     # -- references and results -------------------------------------------------------
 
     def _ref(self, target: MappedResource) -> dict[str, str]:
-        return {"reference": f"urn:uuid:{self._uuid(target)}"}
-
-    def _uuid(self, res: MappedResource) -> str:
-        return str(uuid.uuid5(NAMESPACE, res.key))
+        if not target.full_url:
+            target.full_url = f"urn:uuid:{_uuid(target.key)}"
+        return {"reference": target.full_url}
 
     def finish(self, event: str, structure: str) -> Mapped:
         for res, path, target in self.late_refs:
@@ -502,7 +509,8 @@ class _Run:
             if found is not None and path not in res.body:
                 _set(res.body, path, self._ref(found))
         for res in self.resources.values():
-            res.full_url = f"urn:uuid:{self._uuid(res)}"
+            if not res.full_url:
+                res.full_url = f"urn:uuid:{_uuid(res.key)}"
             if res.identity is None and res.key not in self.creates:
                 res.identity = self._keyed_identity(res)
         by_url = {r.full_url: r for r in self.resources.values()}
@@ -544,6 +552,11 @@ class _Run:
 # -- conditions, paths ---------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=8192)  # bounded: keys include identifiers from every message
+def _uuid(key: str) -> str:
+    return str(uuid.uuid5(NAMESPACE, key))
+
+
 def _condition(spec: Any, lookup: Callable[[int], Any]) -> bool:
     """`when: {f|c: n, is: valued|empty|<value>|[values]}`; absent: true."""
     if not spec:
@@ -583,20 +596,24 @@ def _sub_comps(comps: Comps, n: int) -> Comps:
 _STEP = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d*)\])?$")
 
 
-def _steps(path: str) -> Iterator[tuple[str, int | str | None]]:
+@functools.cache  # paths come from the mapping files: a bounded set
+def _steps(path: str) -> tuple[tuple[str, int | str | None], ...]:
+    """`a.b[0].c[]` -> ((a, None), (b, 0), (c, "+")); parsed once per path."""
+    out = []
     for part in path.split("."):
         m = _STEP.match(part)
         if not m:
             raise ValueError(f"bad mapping path {path!r}")
         name, index = m[1], m[2]
-        yield name, None if index is None and "[" not in part else (
-            "+" if index == "" else int(index))
+        out.append((name, None if index is None and "[" not in part else (
+            "+" if index == "" else int(index))))
+    return tuple(out)
 
 
 def _set(obj: dict[str, Any], path: str, value: Any, with_: dict[str, Any] | None = None
          ) -> None:
     """Set `value` at a path: `a.b` (object), `a[]` (append), `a[0]` (that element)."""
-    steps = list(_steps(path))
+    steps = _steps(path)
     cur: Any = obj
     for i, (name, index) in enumerate(steps):
         last = i == len(steps) - 1
@@ -638,13 +655,13 @@ def _copy(value: Any) -> Any:
 
 
 def _has_ref(obj: dict[str, Any], path: str, ref: dict[str, str]) -> bool:
-    name = next(_steps(path))[0]
+    name = _steps(path)[0][0]
     found = obj.get(name)
     return found == ref or (isinstance(found, list) and ref in found)
 
 
 def _top(path: str) -> str:
-    return next(_steps(path))[0]
+    return _steps(path)[0][0]
 
 
 def _compact(value: Any) -> Any:

@@ -1,0 +1,181 @@
+"""HL7 v2 throughput: the parse-only floor beside sustained inbound over MLLP.
+
+    .venv/bin/python -m bench.hl7_bench [--messages 300] [--data ../shared/data/hl7v2]
+
+Prints, on this machine:
+  parse      our tokenizer (every field split), python-hl7 and hl7apy when installed
+  map        parse + mapping engine (the Bundle), no store
+  tx         the mapped transaction Bundles dispatched in-process (the REST write path,
+             no HTTP, no v2): the ingest rate to compare against
+  mllp       messages sent over one MLLP connection, each ACKed after its transaction
+             committed: messages/s and resources/s (resources = versions written)
+for the kitchen-sink samples (~60 resources each) and for small ADT^A08 / SIU^S12
+messages. Each message gets a new control id and new patient/visit/appointment numbers,
+so every one creates resources rather than hitting the duplicate check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from fhirpm.hl7v2 import parser
+from fhirpm.hl7v2.engine import Engine
+
+SMALL = [
+    "MSH|^~\\&|EHR|CLINIC|FHIRPM|PRACTICE|20240102030405+0100||ADT^A08|{n}|P|2.5.1\r"
+    "EVN|A08|20240102030405+0100\r"
+    "PID|1||M{n}^^^PRACTICE^MR||Doe^Jane^Q||19800102|F|||1 Main St^^Springfield^IL^62701||"
+    "555-1234^PRN^PH\r"
+    "PV1|1|O|CLINIC^R1^^PRACTICE||||1234^Welby^Marcus^^^Dr||||||||||||V{n}^^^PRACTICE^VN\r",
+    "MSH|^~\\&|SCHED|CLINIC|FHIRPM|PRACTICE|20240102030405+0100||SIU^S12|{n}|P|2.5.1\r"
+    "SCH||A{n}^SCHED|||||ROUTINE|Normal|30|min|^^^20240301090000+0100||||||||||||||Booked\r"
+    "PID|1||M{n}^^^PRACTICE^MR||Doe^Jane||19800102|F\r"
+    "RGS|1\r"
+    "AIP|1||1234^Welby^Marcus|D^Doctor\r",
+]
+
+
+def small_messages(count: int) -> list[bytes]:
+    return [SMALL[n % 2].replace("{n}", f"S{n}").encode() for n in range(count)]
+
+
+def sample_messages(data: Path, count: int) -> list[bytes]:
+    """The samples made unique per copy: control id and the identifiers mapping keys on."""
+    files = [p.read_bytes() for p in sorted(data.glob("msft-*.hl7"))]
+    keys = (b"PATID1234", b"1234567^", b"40007716", b"36996", b"12345", b"HMO-12345",
+            b"MSG000")
+    out = []
+    for n in range(count):
+        raw = files[n % len(files)]
+        for key in keys:
+            raw = raw.replace(key, key[:3] + f"B{n}X".encode() + key[3:])
+        out.append(raw)
+    return out
+
+
+def timed(label: str, count: int, seconds: float, resources: int | None = None) -> None:
+    line = f"  {label:<34} {count / seconds:9.1f} msg/s"
+    if resources is not None:
+        line += f"  {resources / seconds:9.1f} resources/s"
+    print(line, flush=True)
+
+
+def bench_parse(messages: list[bytes]) -> None:
+    start = time.perf_counter()
+    for raw in messages:
+        msg = parser.parse(raw)
+        for seg in msg.segments:
+            for n in range(1, seg.size + 1):
+                seg.field(n)
+    timed("parse (ours, every field)", len(messages), time.perf_counter() - start)
+    try:
+        import hl7  # python-hl7, optional
+    except ImportError:
+        print("  python-hl7 not installed (pip install hl7 to compare)")
+    else:
+        texts = [parser.decode(m).replace("\r\n", "\r").replace("\n", "\r") for m in messages]
+        start = time.perf_counter()
+        for text in texts:
+            hl7.parse(text)
+        timed("parse (python-hl7)", len(texts), time.perf_counter() - start)
+    try:
+        from hl7apy.parser import parse_message  # optional
+    except ImportError:
+        print("  hl7apy not installed (pip install hl7apy to compare)")
+    else:
+        few = messages[:20]
+        start = time.perf_counter()
+        for raw in few:
+            text = parser.decode(raw).replace("\r\n", "\r").replace("\n", "\r")
+            parse_message(text, find_groups=False)
+        timed("parse (hl7apy, find_groups=False)", len(few), time.perf_counter() - start)
+
+
+def bench_map(messages: list[bytes]) -> None:
+    engine = Engine()
+    start = time.perf_counter()
+    resources = sum(len(engine.map(parser.parse(raw)).resources) for raw in messages)
+    timed("parse + map (Bundle built)", len(messages), time.perf_counter() - start, resources)
+
+
+async def bench_store(messages: list[bytes], label: str) -> None:
+    from fhirpm.app import build_interactions
+    from fhirpm.config import Settings
+    from fhirpm.hl7v2.bridge import Bridge
+    from fhirpm.hl7v2.mllp import MllpClient
+    from fhirpm.hl7v2.settings import Hl7Settings
+    from fhirpm.repository.conditional import find_matches
+    from fhirpm.repository.interactions import FhirRequest
+    from fhirpm.storage.factory import store_from_settings
+    from fhirpm.storage.port import HistoryQuery
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(store_url=f"sqlite:///{tmp}/tx.db", base_url="http://b/fhir")
+        store = store_from_settings(settings)
+        await store.open()
+        ix = build_interactions(settings, store)
+        try:
+            await find_matches(ix, "Patient", "identifier=x", None)
+        except NotImplementedError:
+            print("  (store benches skipped: conditional matching has not landed)")
+            await store.close()
+            return
+        engine = Engine()
+        bundles = [engine.map(parser.parse(raw)).bundle() for raw in messages]
+        start = time.perf_counter()
+        for bundle in bundles:
+            await ix.dispatch(FhirRequest("POST", "", settings.fhir_base, resource=bundle))
+        written = await store.history_count(HistoryQuery())
+        timed(f"tx in-process ({label})", len(bundles), time.perf_counter() - start, written)
+        await store.close()
+
+        settings = Settings(store_url=f"sqlite:///{tmp}/mllp.db", base_url="http://b/fhir")
+        store = store_from_settings(settings)
+        await store.open()
+        ix = build_interactions(settings, store)
+        bridge = Bridge(ix, Hl7Settings(port=0), settings.fhir_base, outbound=False)
+        await bridge.start()
+        try:
+            async with MllpClient("127.0.0.1", bridge.server.port) as client:
+                start = time.perf_counter()
+                for raw in messages:
+                    await client.send(raw)
+                seconds = time.perf_counter() - start
+            written = await store.history_count(HistoryQuery())
+            timed(f"MLLP, ACK after commit ({label})", len(messages), seconds, written)
+        finally:
+            await bridge.stop()
+            await store.close()
+
+
+def main() -> None:
+    here = Path(__file__).resolve().parents[1]
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--messages", type=int, default=300)
+    ap.add_argument("--data", default=os.environ.get(
+        "FHIRPM_SHARED_DATA", str(here.parent / "shared" / "data")) + "/hl7v2")
+    args = ap.parse_args()
+    data = Path(args.data)
+    print(f"HL7 v2 bench, {args.messages} messages per row, cpus={os.cpu_count()}")
+    if data.is_dir():
+        big = sample_messages(data, args.messages)
+        print(f"kitchen-sink samples (avg {sum(map(len, big)) // len(big)} bytes):")
+        bench_parse(big)
+        bench_map(big)
+        asyncio.run(bench_store(big, "samples"))
+    else:
+        print(f"no samples at {data}: kitchen-sink rows skipped")
+    small = small_messages(args.messages)
+    print("small ADT^A08 / SIU^S12:")
+    bench_parse(small)
+    bench_map(small)
+    asyncio.run(bench_store(small, "small"))
+
+
+if __name__ == "__main__":
+    main()
