@@ -180,8 +180,11 @@ class Inbound:
         body = merge(stored, res)
         request: dict[str, Any] = {"method": "PUT", "url": res.identity.url}
         if stored is not None:
+            # found already: update that resource at the version read (no second search);
+            # only a new one goes in conditionally, so two creators cannot both win
             body["id"] = stored["id"]
-            request["ifMatch"] = f'W/"{stored["meta"]["versionId"]}"'
+            request = {"method": "PUT", "url": f"{res.type}/{stored['id']}",
+                       "ifMatch": f'W/"{stored["meta"]["versionId"]}"'}
         return {"fullUrl": res.full_url, "resource": body, "request": request}
 
     async def _current(self, res: MappedResource) -> dict[str, Any] | None:
@@ -224,10 +227,13 @@ class Inbound:
                               "and as merged-away (PID-3 and MRG-1)", hl7_code="205",
                               segment="MRG", sequence=1, position=1)
             old.body["active"] = False
-            old.body["link"] = [{"other": {"reference": survivor.full_url},
-                                 "type": "replaced-by"}]
-            survivor.body["link"] = [{"other": {"reference": old.full_url},
-                                      "type": "replaces"}]
+            stored_survivor = current.get(survivor_key)
+            if not (stored_survivor and _links_to(stored_old, stored_survivor["id"])):
+                old.body["link"] = [{"other": {"reference": survivor.full_url},
+                                     "type": "replaced-by"}]
+            if not (stored_survivor and _links_to(stored_survivor, stored_old["id"])):
+                survivor.body["link"] = [{"other": {"reference": old.full_url},
+                                          "type": "replaces"}]
             for moved in await self._referrers(stored_old["id"]):
                 _move_references(moved, f"Patient/{stored_old['id']}", survivor.full_url)
                 url = f"{moved['resourceType']}/{moved['id']}"
@@ -316,6 +322,11 @@ def _keep_equivalent(stored: Any, new: Any) -> Any:
             return new
         return stored if same else new
     return new
+
+
+def _links_to(patient: dict[str, Any], other_id: str) -> bool:
+    return any((link.get("other") or {}).get("reference", "").endswith(f"Patient/{other_id}")
+               for link in patient.get("link") or ())
 
 
 def _drop_references(resource: dict[str, Any], urls: set[str]) -> None:
