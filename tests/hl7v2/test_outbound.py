@@ -174,3 +174,13 @@ async def test_round_trip_s12_back_in_updates_nothing(ix: Interactions, partner:
     after = {t: await store.history_count(HistoryQuery(type=t))
              for t in ("Patient", "Appointment")}
     assert after == before
+
+
+async def test_outbox_and_cursor_survive_a_restart(ix: Interactions, partner: Partner) -> None:
+    first = Outbound(ix.repo.store, settings_for(partner))
+    await put(ix, PATIENT)
+    assert await pump(first) == ["ADT^A04"]
+    restarted = Outbound(ix.repo.store, settings_for(partner))  # a new process, same store
+    assert await pump(restarted) == ["ADT^A04"]  # still queued once, not re-queued
+    await put(ix, APPOINTMENT)
+    assert await pump(restarted) == ["ADT^A04", "SIU^S12"]
