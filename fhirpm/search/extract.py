@@ -272,6 +272,9 @@ class RegistryIndexer:
         entries: list[IndexEntry] = []
         focus, env = [resource], (resource, resource)
         for code, convert, compiled, of_type in self.plan(type):
+            keys = compiled.root_keys
+            if keys is not None and not any(k in resource for k in keys):
+                continue  # none of the elements it reads is there: skip the call
             try:
                 values = compiled.fn(focus, env)
                 if not values:

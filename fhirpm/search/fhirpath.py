@@ -729,12 +729,16 @@ class Compiled:
     parameters), with `%resource` bound to `resource`.
     """
 
-    __slots__ = ("expression", "fn", "root_type")
+    __slots__ = ("expression", "fn", "root_keys", "root_type")
 
-    def __init__(self, expression: str, fn: Fn, root_type: str | None) -> None:
+    def __init__(self, expression: str, fn: Fn, root_type: str | None,
+                 root_keys: tuple[str, ...] | None = None) -> None:
         self.expression = expression
         self.fn = fn
         self.root_type = root_type
+        # JSON keys of the root of which one must be present for a non-empty result (None:
+        # unknown), so callers can skip an expression without running it
+        self.root_keys = root_keys
 
     def __call__(self, context: Any, resource: Any = None) -> list[Any]:
         return self.fn([context], (context if resource is None else resource, context))
@@ -752,4 +756,52 @@ def compile(expression: str, root_type: str | None = None) -> Compiled:
     Raises FhirPathError for syntax or features this compiler does not support.
     """
     tree = parse(expression)
-    return Compiled(expression, _Compiler(root_type).compile(tree), root_type)
+    keys = _root_keys(tree, root_type)
+    return Compiled(expression, _Compiler(root_type).compile(tree), root_type,
+                    None if keys is None else tuple(sorted(keys)))
+
+
+_EMPTY_IN_EMPTY_OUT = {"where", "select", "first", "last", "extension", "resolve", "as",
+                       "ofType"}
+
+
+def _root_keys(node: Node, root_type: str | None) -> set[str] | None:
+    """Which top-level keys the expression reads first; None when it may select something
+    without any of them (a literal, `exists()`, boolean logic, the root itself)."""
+    kind = node[0]
+    if kind == "op" and node[1] == "|":
+        left, right = _root_keys(node[2], root_type), _root_keys(node[3], root_type)
+        return None if left is None or right is None else left | right
+    if kind == "type" and node[1] == "as":
+        return _choice_root_key(node[2], node[3], root_type)
+    if kind == "fn" and node[2] in _EMPTY_IN_EMPTY_OUT:
+        if node[2] in ("as", "ofType") and node[3] and node[3][0][0] == "typename":
+            return _choice_root_key(node[1], node[3][0][1], root_type)
+        return _root_keys(node[1], root_type)
+    if kind == "index":
+        return _root_keys(node[1], root_type)
+    if kind == "member":
+        base = node[1]
+        if base[0] == "ident" and _is_type_name(base[1]):
+            if root_type and base[1] != root_type and base[1] not in _ABSTRACT_ROOTS:
+                return set()  # a branch for another type: selects nothing
+            return _json_keys(node[2])
+        return _root_keys(base, root_type)
+    if kind == "ident" and not _is_type_name(node[1]):
+        return _json_keys(node[1])
+    return None
+
+
+def _json_keys(name: str) -> set[str]:
+    """The JSON keys an element name can take: itself, or a choice's typed names."""
+    return {name, *(name + suffix for suffix in CHOICES.get(name, ()))}
+
+
+def _choice_root_key(target: Node, type_name: str, root_type: str | None) -> set[str] | None:
+    """`Observation.value as Quantity` reads the key `valueQuantity` first."""
+    if (target[0] == "member" and target[1][0] == "ident" and _is_type_name(target[1][1])
+            and target[2] in CHOICES):
+        if root_type and target[1][1] != root_type and target[1][1] not in _ABSTRACT_ROOTS:
+            return set()
+        return {target[2] + type_name[0].upper() + type_name[1:]}
+    return _root_keys(target, root_type)

