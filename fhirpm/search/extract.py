@@ -340,6 +340,34 @@ class RegistryIndexer:
             return None
 
 
+def index_values(param_type: str, value: Any) -> list[IndexValue]:
+    """One selected value as index values of a parameter type (`[]` for composite/special)."""
+    convert = CONVERTERS.get(param_type)
+    return list(dict.fromkeys(convert(value))) if convert is not None else []
+
+
+def component_values(registry: Registry, param: SearchParamDef, type: str,
+                     resource: dict[str, Any]) -> list[tuple[list[IndexValue], ...]]:
+    """For a composite parameter: per item its expression selects (an Observation, each
+    component, ...), the index values of every component, in definition order. A component
+    whose definition is unknown or whose expression does not compile gives no values."""
+    if param.type != "composite" or not param.expression:
+        return []
+    out: list[tuple[list[IndexValue], ...]] = []
+    for item in fhirpath.compile(param.expression, type)(resource):
+        row: list[list[IndexValue]] = []
+        for component in param.component:
+            definition = registry.by_url.get(component.definition)
+            try:
+                selected = fhirpath.compile(component.expression)(item, resource)
+            except fhirpath.FhirPathError:
+                selected = []
+            kind = definition.type if definition is not None else ""
+            row.append([v for value in selected for v in index_values(kind, value)])
+        out.append(tuple(row))
+    return out
+
+
 def compile_coverage(registry: Registry) -> tuple[int, dict[str, str]]:
     """How many (parameter, base type) expressions compile, and why the others do not."""
     compiled, failed = 0, {}

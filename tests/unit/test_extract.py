@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from fhirpm.search.dates import date_range
-from fhirpm.search.extract import MAX_INSTANT, MIN_INSTANT, RegistryIndexer
+from fhirpm.search.extract import (
+    MAX_INSTANT,
+    MIN_INSTANT,
+    RegistryIndexer,
+    component_values,
+    index_values,
+)
 from fhirpm.search.registry import Registry, SearchParamDef
 from fhirpm.search.values import (
     DateValue,
@@ -216,3 +222,24 @@ async def test_the_server_indexes_with_the_registry(app, client, settings):
         rows = db.execute("SELECT norm, raw FROM ix_string WHERE param LIKE '%family'"
                           ).fetchall()
     assert rows == [("agren", "Ågren")]
+
+
+def test_composite_components_are_evaluated_per_item():
+    registry = Registry.load_default()
+    obs = {"resourceType": "Observation", "status": "final",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+           "component": [
+               {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                "valueQuantity": {"value": 120, "unit": "mmHg"}},
+               {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+                "valueQuantity": {"value": 80, "unit": "mmHg"}}]}
+    param = registry.get("Observation", "component-code-value-quantity")
+    rows = component_values(registry, param, "Observation", obs)
+    assert [(codes[0].code, quantities[0].value) for codes, quantities in rows] == [
+        ("8480-6", 120.0), ("8462-4", 80.0)]
+    combo = registry.get("Observation", "combo-code-value-quantity")
+    assert len(component_values(registry, combo, "Observation", obs)) == 3  # itself + 2
+    assert component_values(registry, registry.get("Observation", "code"), "Observation",
+                            obs) == []
+    assert index_values("token", {"coding": [{"code": "a"}, {"code": "a"}]}) == [
+        TokenValue(None, "a")]
