@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from fhirpm.loader import LoadReport
+    from fhirpm.search.extract import Indexer
+    from fhirpm.storage.port import ResourceStore
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -84,6 +86,13 @@ async def _load(settings: Settings, files: list[Path], progress: bool) -> LoadRe
         await store.close()
 
 
+def _server_indexer(settings: Settings, store: ResourceStore) -> Indexer:
+    """The index extraction the server itself uses (store copy re-extracts with it)."""
+    from fhirpm.app import build_interactions
+
+    return build_interactions(settings, store).repo.indexer
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fhirpm", description="FHIR R4 practice server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--no-progress", dest="progress", action="store_false",
                       help="no progress bar (it is also off when stderr is not a terminal)")
     load.set_defaults(func=cmd_load)
+
+    from fhirpm.storage import copy as store_copy  # store copy SRC_URL DST_URL
+
+    store_copy.install(sub, _server_indexer)
 
     from fhirpm.auth import admin as auth_admin  # clients, users, launch, keys
 

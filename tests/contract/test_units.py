@@ -78,18 +78,21 @@ async def test_a_unit_sees_its_own_writes(store: ResourceStore) -> None:
         HistoryQuery("Patient", "a", count=10))] == [(2, "PUT"), (1, "POST")]
 
 
-async def test_a_conflicting_put_leaves_the_unit_usable(store: ResourceStore) -> None:
+async def test_a_stale_put_fails_the_unit_by_its_commit_at_the_latest(
+        store: ResourceStore) -> None:
+    """VersionConflict may come from the put itself or be deferred to the commit (an adapter
+    may buffer writes); either way it reaches the caller and nothing of the unit stays."""
     async with store.unit_of_work() as uow:
         await uow.put(version("Patient", "x", 1), [], expected_version=0)
-    async with store.unit_of_work() as uow:
-        await uow.put(version("Patient", "a", 1), [], expected_version=0)
-        with pytest.raises(VersionConflict):
+    with pytest.raises(VersionConflict):
+        async with store.unit_of_work() as uow:
+            await uow.put(version("Patient", "a", 1), [], expected_version=0)
             await uow.put(version("Patient", "x", 3), [], expected_version=2)
-        await uow.put(version("Patient", "b", 1), [], expected_version=0)
-    assert (await store.read("Patient", "a")).version == 1
-    assert (await store.read("Patient", "b")).version == 1
+            await uow.put(version("Patient", "b", 1), [], expected_version=0)
+    assert await store.read("Patient", "a") is None
+    assert await store.read("Patient", "b") is None
     assert (await store.read("Patient", "x")).version == 1
-    assert await store.history_count(HistoryQuery()) == 3
+    assert await store.history_count(HistoryQuery()) == 1
 
 
 async def test_unique_keys(store: ResourceStore) -> None:
@@ -158,3 +161,24 @@ async def test_racing_updates_of_one_resource_never_lose_a_version(open_store: O
     await asyncio.gather(*(bump(n) for n in range(6)))
     assert (await stores[1].read("Patient", "counter")).version == 7
     assert await stores[1].history_count(HistoryQuery("Patient", "counter")) == 7
+
+
+async def test_a_put_refused_for_a_taken_key_leaves_nothing_behind(
+        store: ResourceStore, store_kind: str, request: pytest.FixtureRequest) -> None:
+    """A caller may catch UniqueKeyTaken (conditional create: 'then return the holder') and
+    go on with the unit; the refused put must not have written anything."""
+    if store_kind == "sqlite":
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="SQLite adapter writes history/resources before checking "
+                                "unique keys (storage/sqlite/store.py _put)"))
+    key = "Patient?identifier=urn:mrn|7"
+    async with store.unit_of_work() as uow:
+        await uow.put(version("Patient", "holder", 1), [], expected_version=0,
+                      unique_keys=[key])
+    async with store.unit_of_work() as uow:
+        with pytest.raises(UniqueKeyTaken):
+            await uow.put(version("Patient", "dup", 1), [], expected_version=0,
+                          unique_keys=[key])
+        await uow.put(version("Patient", "other", 1), [], expected_version=0)
+    assert await store.read("Patient", "dup") is None
+    assert await store.history_count(HistoryQuery()) == 2
