@@ -108,8 +108,16 @@ class Inbound:
         sender = self.settings.sender(h.sending_application, h.sending_facility)
         options = Options(timezone=sender.timezone, authorities=dict(sender.authorities))
         try:
-            mapped = self.engine.map(msg, options)
-            written = await self.commit(mapped)
+            try:
+                mapped = self.engine.map(msg, options)
+                written = await self.commit(mapped)
+            except FhirError:
+                raise
+            except Exception as exc:  # a bug or a store failure: AE, kept for replay
+                log.exception("hl7 message processing failed",
+                              extra={"control_id": h.control_id})
+                raise V2Error(Category.INTERNAL, f"Internal error: {exc}",
+                              hl7_code="207") from exc
         except FhirError as err:
             v2err = err if isinstance(err, V2Error) else _as_v2(err)
             code = "AR" if v2err.reject else "AE"

@@ -198,3 +198,22 @@ async def test_siu_status_follows_events(inbound: Inbound, ix: Interactions) -> 
     await inbound.receive(siu("S15", "A2", status="").encode())
     (appt,) = await search(ix, "Appointment", identifier="APT1")
     assert appt["status"] == "cancelled" and appt["meta"]["versionId"] == "2"
+
+
+async def test_mangled_input_always_gets_an_ack(inbound: Inbound) -> None:
+    import random
+
+    source = adt("A04", "Z0", extra="IN1|1|P^Plan|PAY1^^^PRACTICE|Payer Inc||||||||||||||||||"
+                 "||||||||||||||M1").encode()
+    rng = random.Random(7)
+    variants = [source[:cut] for cut in range(0, len(source), 23)]
+    for _ in range(60):
+        data = bytearray(source)
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] = rng.choice(b"|^~\\&\r\n\"\x00\xff0A")
+        variants.append(bytes(data))
+    for n, data in enumerate(variants):
+        outcome = await inbound.receive(data.replace(b"Z0", f"Z{n}".encode(), 1))
+        assert outcome.acks or outcome.message.status in ("processed", "error", "rejected")
+        for reply in outcome.acks:
+            assert ack.read(reply).code in ("AA", "AE", "AR", "CA", "CE", "CR")
