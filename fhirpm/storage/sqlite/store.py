@@ -116,6 +116,7 @@ class SqliteResourceStore:
             for conn in self._all_connections:
                 conn.close()
             self._all_connections.clear()
+        self._local = threading.local()  # the event loop thread's connection was closed too
         self._writer = self._readers = None
 
     # -- thread hops -----------------------------------------------------------------
@@ -152,7 +153,12 @@ class SqliteResourceStore:
     # -- reads -----------------------------------------------------------------------
 
     async def read(self, type: str, id: str) -> ResourceVersion | None:
-        return await self._read(lambda c: _current(c, type, id))
+        # A point read runs on the event loop's own query-only connection, not the reader
+        # pool: a primary-key lookup in WAL mode never waits for a lock and costs a few
+        # microseconds, while the hop to a reader thread and back (futures, GIL hand-off,
+        # wake-ups) cost ~4x the whole read's CPU (docs/performance.md). Searches and
+        # history, whose cost grows with the data, stay on the reader pool.
+        return _current(self._thread_connection(query_only=True), type, id)
 
     async def vread(self, type: str, id: str, version: int) -> ResourceVersion | None:
         def run(c: sqlite3.Connection) -> ResourceVersion | None:
