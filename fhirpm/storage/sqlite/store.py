@@ -264,47 +264,92 @@ class SqliteResourceStore:
 class SqliteUnitOfWork:
     """Runs on the writer thread inside BEGIN IMMEDIATE ... COMMIT/ROLLBACK.
 
-    Puts are buffered and written together with the unit's next read or its commit, in
-    ONE hop to the writer thread: a hop per statement (GIL hand-off and wake-up) costs far
-    more than the statement, and a transaction Bundle makes thousands of puts (measured:
-    Synthea ingest went from ~380 to over 1,200 resources/s). Buffering hides no conflict:
-    every read in the unit (current, search) flushes first, so it sees the unit's writes,
-    and BEGIN IMMEDIATE keeps other writers out for the unit's whole life, so a buffered
-    put cannot meet a version it did not expect. A put that claims unique keys is written
-    at once, so UniqueKeyTaken reaches the caller that caused it.
+    Puts are buffered and sent to the writer thread in batches, in the background: the
+    writer inserts one batch while the caller validates and indexes the next (both cores
+    busy), and a hop per statement (a GIL hand-off and wake-up each) costs more than the
+    statement; a transaction Bundle makes thousands of puts. Reads in the unit (current,
+    search) flush first and wait, so they see the unit's writes; BEGIN IMMEDIATE keeps
+    other writers out for the unit's whole life.
+
+    Version checks stay immediate: the unit knows the version of everything it read or
+    wrote, so a put based on another version raises VersionConflict at once and is not
+    applied (the unit stays usable); a put for a resource the unit has not seen yet is
+    checked on the writer thread right away, except a create (expected version 0), whose
+    check rides with its batch: ids of creates are fresh (server-assigned), so that check
+    cannot fail in practice, and if it ever did the unit could not commit. A put that
+    claims unique keys is written at once, so UniqueKeyTaken reaches its caller. A failed
+    background batch fails every later trip of the unit, the COMMIT included.
     """
 
-    _FLUSH_AT = 512  # bound the buffer in very large transactions
+    _BATCH = 64  # puts per background write
 
     def __init__(self, store: SqliteResourceStore) -> None:
         self._store = store
         self._pending: list[tuple[Any, ...]] = []
+        self._known: dict[tuple[str, str], int] = {}  # (type, id) -> version in this unit
         self._begun = False
+        self._failed: BaseException | None = None  # set on the writer thread
 
     def hop(self, fn: Callable[[sqlite3.Connection], T] | None = None) -> Awaitable[T | None]:
-        """One trip to the writer thread: BEGIN (first time), buffered puts, then `fn`."""
+        """One trip to the writer thread: BEGIN (first time), buffered puts, then `fn`.
+
+        Trips run in the order they are made (one writer thread, FIFO)."""
         pending, self._pending = self._pending, []
 
         def run(c: sqlite3.Connection) -> T | None:
-            if not self._begun:
-                c.execute("BEGIN IMMEDIATE")
-                self._begun = True
-            for args in pending:
-                _put(c, *args)
+            if self._failed is not None:
+                raise self._failed  # an earlier batch failed: nothing more, no COMMIT
+            try:
+                if not self._begun:
+                    c.execute("BEGIN IMMEDIATE")
+                    self._begun = True
+                for args in pending:
+                    _put(c, *args)
+            except BaseException as exc:
+                self._failed = exc
+                raise
             return fn(c) if fn is not None else None
-        return self._store._write(run)
+        task = asyncio.ensure_future(self._store._write(run))
+        task.add_done_callback(_retrieved)
+        return task
 
     async def current(self, type: str, id: str) -> ResourceVersion | None:
-        return await self.hop(lambda c: _current(c, type, id))
+        found = await self.hop(lambda c: _current(c, type, id))
+        self._known[(type, id)] = found.version if found else 0
+        return found
 
     async def put(self, version: ResourceVersion, index_entries: Sequence[IndexEntry], *,
                   expected_version: int, unique_keys: Sequence[str] = ()) -> None:
-        self._pending.append((version, index_entries, expected_version, unique_keys))
-        if unique_keys or len(self._pending) >= self._FLUSH_AT:
-            await self.hop()
+        key = (version.type, version.id)
+        have = self._known.get(key)
+        if have is None and expected_version != 0:
+            have = await self.hop(lambda c: _version_of(c, *key))
+        if have is not None and have != expected_version:
+            raise VersionConflict(f"{version.type}/{version.id} is at version {have}, "
+                                  f"not {expected_version}")
+        args = (version, index_entries, expected_version, unique_keys)
+        if unique_keys:
+            await self.hop(lambda c: _put(c, *args))  # now: its caller may handle a refusal
+        else:
+            self._pending.append(args)
+            if len(self._pending) >= self._BATCH:
+                self.hop()  # in the background; its failure surfaces at the next trip
+        self._known[key] = version.version
 
     async def search(self, query: SearchQuery) -> SearchResult:
         return await self.hop(lambda c: sql_search.run(c, query))
+
+
+def _version_of(c: sqlite3.Connection, type: str, id: str) -> int:
+    row = c.execute("SELECT version FROM resources WHERE type = ? AND id = ?",
+                    (type, id)).fetchone()
+    return row[0] if row else 0
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """A background batch's failure is re-raised by the unit's next trip, not here."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _commit(c: sqlite3.Connection) -> None:
