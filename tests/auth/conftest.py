@@ -26,7 +26,7 @@ from fhirpm.auth.keys import RING, new_key
 from fhirpm.auth.records import KEYS
 from fhirpm.auth.server import AuthServer
 from fhirpm.config import AuthSettings, Settings
-from fhirpm.storage.port import ResourceVersion
+from fhirpm.storage.port import ResourceStore, ResourceVersion
 from fhirpm.storage.sqlite import SqliteResourceStore
 
 ORIGIN = "http://testserver"
@@ -54,12 +54,7 @@ class Env:
     store: SqliteResourceStore
 
     async def add_patient(self, id_: str, family: str = "Doe") -> None:
-        body = orjson.dumps({"resourceType": "Patient", "id": id_,
-                             "name": [{"family": family, "given": ["Pat"]}]})
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        async with self.store.unit_of_work() as uow:
-            await uow.put(ResourceVersion("Patient", id_, 1, stamp, "POST", body), [],
-                          expected_version=0)
+        await put_patient(self.store, id_, family)
 
     async def public_app(self, **spec: Any) -> str:
         client, _ = await self.server.clients.add(**{
@@ -73,6 +68,16 @@ class Env:
             "redirect_uris": [APP_REDIRECT], "launch_uri": APP_LAUNCH, **spec})
         assert secret is not None
         return client.client_id, secret
+
+
+async def put_patient(store: ResourceStore, id_: str, family: str = "Doe") -> None:
+    """A Patient straight into the store (the auth server only reads them)."""
+    body = orjson.dumps({"resourceType": "Patient", "id": id_,
+                         "name": [{"family": family, "given": ["Pat"]}]})
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    async with store.unit_of_work() as uow:
+        await uow.put(ResourceVersion("Patient", id_, 1, stamp, "POST", body), [],
+                      expected_version=0)
 
 
 @pytest.fixture

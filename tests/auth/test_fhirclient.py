@@ -2,94 +2,38 @@
 uvicorn on 127.0.0.1 (it speaks `requests`, so it needs real sockets).
 
 fhirclient discovers endpoints only from the CapabilityStatement's `oauth-uris` extension;
-the metadata route here serves `discovery.capability_security`, the block the FHIR
+the metadata route here serves `AuthServer.security()`, the block the FHIR
 CapabilityStatement embeds.
 """
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urljoin
 
 import httpx
 import pytest
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
-from fhirpm.auth import routes
-from fhirpm.auth.discovery import Urls, capability_security
 from fhirpm.auth.server import AuthServer
-from fhirpm.config import AuthSettings, Settings
-from fhirpm.storage.sqlite import SqliteResourceStore
-from tests.auth.conftest import APP_REDIRECT, FAST, PASSWORD, hidden
+from fhirpm.config import Settings
+from tests.auth.conftest import APP_REDIRECT, PASSWORD, hidden
+from tests.auth.live import live_auth
 
 fhirclient = pytest.importorskip("fhirclient.client", reason="python fhirclient not installed")
-
-
-def metadata_route(settings: Settings) -> Route:
-    security = capability_security(Urls.from_settings(settings), registration=False)
-
-    async def metadata(request: Request) -> JSONResponse:
-        return JSONResponse({
-            "resourceType": "CapabilityStatement", "status": "active", "date": "2025-01-01",
-            "kind": "instance", "fhirVersion": "4.0.1", "format": ["json"],
-            "rest": [{"mode": "server", "security": security}]})
-    return Route("/fhir/metadata", metadata)
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[Settings, str]]:
     """The auth server on a real loopback socket; yields (settings, client_id)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)  # listening before the server thread starts: no startup race
-    port = sock.getsockname()[1]
-    settings = Settings(store_url=f"sqlite:///{tmp_path / 'live.db'}",
-                        base_url=f"http://127.0.0.1:{port}/fhir", log_json=False,
-                        auth=AuthSettings(**FAST))
-    client_id = asyncio.run(_register(settings))
-    store = SqliteResourceStore.from_url(settings.store_url)
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await store.open()
-        yield
-        await store.close()
-
-    server = AuthServer(settings, store)
-    app = Starlette(routes=[*routes.build(server, "/fhir"), metadata_route(settings)],
-                    lifespan=lifespan)
-    uv = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
-                                       lifespan="on"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        yield settings, client_id
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-
-
-async def _register(settings: Settings) -> str:
-    store = SqliteResourceStore.from_url(settings.store_url)
-    await store.open()
-    try:
-        server = AuthServer(settings, store)
+    async def setup(server: AuthServer) -> str:
         await server.users.add("pat", PASSWORD, fhir_user="Patient/p7")
         client, _ = await server.clients.add(name="fhirclient app", auth_method="none",
                                              redirect_uris=[APP_REDIRECT])
         return client.client_id
-    finally:
-        await store.close()
+
+    with live_auth(tmp_path, setup) as running:
+        yield running
 
 
 def browse_to_callback(http: httpx.Client, url: str) -> str:
