@@ -1,0 +1,59 @@
+"""docker/: the compose file is valid for the Compose client (no engine needed) and the
+Dockerfile keeps its promises (multi-stage, non-root, healthcheck). Nothing here runs a
+container; docs/deploy.md says how to."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
+
+
+def compose_command() -> list[str]:
+    """`docker compose` (v2 plugin) or `docker-compose` (v1), else skip."""
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True,
+                               check=False)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    pytest.skip("no Docker Compose client (docker compose / docker-compose) on this machine")
+
+
+def compose(*args: str) -> str:
+    done = subprocess.run([*compose_command(), "-f", str(DOCKER / "compose.yaml"), *args],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp"})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_compose_config_is_valid_with_and_without_the_replicaset_profile() -> None:
+    full = compose("config")
+    assert "replicaSet=rs0" in full and "replicaSet=rs1" in full
+    services = set(compose("--profile", "replicaset", "config", "--services").split())
+    assert services == {"mongo", "mongo-init", "app", "mongo-rs1", "mongo-rs2", "mongo-rs3",
+                        "rs-init", "app-rs"}
+    volumes = set(compose("config", "--volumes").split())
+    assert {"mongo-data", "app-data", "mongo-rs1-data"} <= volumes
+    assert "image: mongo:8.0" in full
+    assert "service_completed_successfully" in full  # the app waits for rs.initiate()
+
+
+def test_dockerfile_is_multi_stage_non_root_with_a_healthcheck() -> None:
+    text = (DOCKER / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, re.MULTILINE)
+    assert len(stages) == 2 and stages[0][1] == "build"
+    assert "COPY --from=build" in text
+    user = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
+    assert user and not user[-1].startswith(("root", "0"))
+    assert re.search(r"^HEALTHCHECK .*CMD", text, re.MULTILINE | re.DOTALL)
+    assert "/fhir/metadata" in text
+    ignore = (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "*" in ignore and {"!pyproject.toml", "!fhirpm/"} <= set(ignore)  # small context
