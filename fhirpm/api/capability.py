@@ -8,6 +8,8 @@ operation registry, and the rest from facts packages declare in `Interactions.fe
     conditionalCreate, conditionalRead, conditionalUpdate, conditionalDelete,
     searchInclude, searchRevInclude, referencePolicy    -> every rest.resource
     patchFormat                                         -> the statement itself
+    security (a CapabilityStatement.rest.security)      -> rest.security (SMART's
+                                                           oauth-uris extension)
 
 The statement is rebuilt only when one of those changes (its fingerprint), carries an
 ETag, answers If-None-Match with 304 and may be cached by clients. It needs no
@@ -108,6 +110,9 @@ def build(ix: Interactions, base: str, registry: Any = None) -> dict[str, Any]:
                      for type in sorted(RESOURCE_TYPES)],
         "interaction": _system_interactions(ix),
     }
+    if ix.features.get("security"):
+        rest = {"mode": "server", "security": ix.features["security"],
+                **{k: v for k, v in rest.items() if k != "mode"}}
     system_ops = [_operation(op) for op in operations if op.system]
     if system_ops:
         rest["operation"] = system_ops

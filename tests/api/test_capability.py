@@ -82,10 +82,16 @@ async def test_registered_operations_and_features_appear(client: httpx.AsyncClie
     register(ix, OperationSpec("ping", "http://example.org/OperationDefinition/ping", ping,
                                system=True))
     ix.features["conditionalCreate"] = True
+    security = {"service": [{"coding": [{
+        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+        "code": "SMART-on-FHIR"}]}]}
+    ix.features["security"] = security
     second = await client.get("metadata")
     statement = second.json()
     assert statement["rest"][0]["operation"][0]["name"] == "ping"
+    assert statement["rest"][0]["security"] == security
     assert _resource(statement, "Observation")["conditionalCreate"] is True
+    assert fhirkit.validate(second.content) == []
     assert second.headers["etag"] != first.headers["etag"]
 
 
