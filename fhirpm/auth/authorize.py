@@ -204,6 +204,14 @@ class AuthorizeFlow:
                 seen[v.id] = "" if v.deleted else patient_label(jsonio.loads(v.body))
         return [(id_, label) for id_, label in seen.items() if label][:limit]
 
+    async def patient_name(self, patient: str | None) -> str | None:
+        """"Family, Given (birthDate)" of a patient on file, for the consent page."""
+        found = await self.store.read("Patient", patient) if patient and is_valid_id(
+            patient) else None
+        if found is None or found.deleted:
+            return patient
+        return f"{patient_label(jsonio.loads(found.body))} · Patient/{patient}"
+
     async def choose_patient(self, pending: Pending, session: Session, patient: str) -> str:
         user = await self.users.get(session.user or "")
         if user is None or user.fhir_user_type not in _PICKS_PATIENT:

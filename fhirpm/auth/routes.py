@@ -233,7 +233,8 @@ class AuthRoutes:
             if session.user is None:
                 return self.go(await flow.next_url(pending, session), request)
             context = pending.context
-            patient = (context.patient if context and context.patient else pending.patient)
+            patient = await flow.patient_name(
+                context.patient if context and context.patient else pending.patient)
             return pages.render(
                 "consent.html", base=self.urls.issuer, csrf=session.csrf, txn=pending.txn,
                 app=pending.client_name, user=session.user, patient=patient,

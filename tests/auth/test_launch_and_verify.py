@@ -57,7 +57,7 @@ async def test_ehr_launch_from_the_launch_page(env: Env) -> None:
     assert r.status_code == 303 and r.headers["location"].startswith(APP_LAUNCH + "?")
     consent, verifier = await start_app(browser, client_id, r.headers["location"])
     # same browser, already signed in: straight to consent, no picker
-    assert "patient <strong>p1</strong>" in consent.text
+    assert "Patient/p1</strong>" in consent.text
     done = await browser.consent(consent)
     code = query_of(done.headers["location"])["code"]
     body = (await exchange(env, client_id, code, verifier)).json()

@@ -127,7 +127,7 @@ async def test_patient_picker(env: Env, app_id: str) -> None:
         "csrf": hidden(picker.text, "csrf"), "txn": hidden(picker.text, "txn"),
         "patient": "p1"})
     consent = await browser.follow(consent)
-    assert "patient <strong>p1</strong>" in consent.text
+    assert "Patient/p1</strong>" in consent.text
 
 
 async def test_patient_user_cannot_use_the_picker(env: Env, app_id: str) -> None:
