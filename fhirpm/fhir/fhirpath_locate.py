@@ -171,11 +171,14 @@ class _Parser:
 
 def locate(resource: dict[str, Any], expression: str) -> list[Node]:
     """The nodes `expression` selects in `resource`, in document order."""
-    steps = _Parser(expression).whole_path()
-    root = Node(resource, None, None, None, resource.get("resourceType", "Resource"))
-    if steps[0] == ("name", root.path):
-        steps = steps[1:]
-    return _walk([root], steps, expression)
+    try:
+        steps = _Parser(expression).whole_path()
+        root = Node(resource, None, None, None, resource.get("resourceType", "Resource"))
+        if steps[0] == ("name", root.path):
+            steps = steps[1:]
+        return _walk([root], steps, expression)
+    except RecursionError:
+        raise unsupported(expression, "it is nested too deeply") from None
 
 
 def _walk(nodes: list[Node], steps: list[tuple], expression: str) -> list[Node]:

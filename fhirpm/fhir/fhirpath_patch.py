@@ -37,6 +37,13 @@ def _unprocessable(message: str, where: str) -> FhirError:
 
 def apply(resource: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     """`resource` with the FHIRPath Patch `patch` applied (changed in place, returned)."""
+    try:
+        return _apply(resource, patch)
+    except RecursionError:
+        raise _bad("The patch is nested too deeply", "Parameters") from None
+
+
+def _apply(resource: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     added: set[str] = set()
     for n, operation in enumerate(_operations(patch)):
         where = f"Parameters.parameter[{n}]"

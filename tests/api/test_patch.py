@@ -205,3 +205,23 @@ def test_published_fhirpath_patch_cases() -> None:
             continue
         expected = to_json(first_child(case.find("output")), definitions)
         assert _normalised(fhirpath_patch.apply(resource, patch)) == _normalised(expected), name
+
+
+def test_deeply_nested_patch_input_is_400_not_500() -> None:
+    nested = "Patient.where(" + "(" * 3000 + "use = 'x'" + ")" * 3000 + ")"
+    params = {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+        {"name": "type", "valueCode": "delete"}, {"name": "path", "valueString": nested}]}]}
+    with pytest.raises(FhirError) as caught:
+        fhirpath_patch.apply({"resourceType": "Patient"}, params)
+    assert caught.value.status == 400
+    value: dict[str, Any] = {"name": "value"}
+    inner = value
+    for _ in range(3000):
+        inner["part"] = [{"name": "x"}]
+        inner = inner["part"][0]
+    params = {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+        {"name": "type", "valueCode": "add"}, {"name": "path", "valueString": "Patient"},
+        {"name": "name", "valueString": "contact"}, value]}]}
+    with pytest.raises(FhirError) as caught:
+        fhirpath_patch.apply({"resourceType": "Patient"}, params)
+    assert caught.value.status == 400
