@@ -12,9 +12,11 @@ Resumable: after each batch the source seq reached is recorded in the destinatio
 so a copy killed at any moment continues where it stopped. At the end the number of
 versions and of live resources per type must agree on both sides.
 
-Not copied: small documents (the port cannot enumerate their collections), unique
-conditional-create keys (claimed again by new writes; existing resources are found by
-search) and change-feed cursors (seqs differ between stores: consumers start afresh).
+Small documents (auth clients and users, HL7 v2 message logs, job state) are copied for
+the collections named with `--documents` (the port cannot enumerate collections); their
+revs start afresh in the destination. Not copied: unique conditional-create keys (claimed
+again by new writes; existing resources are found by search) and change-feed cursors (seqs
+differ between stores: consumers start from the beginning of the new log).
 """
 
 from __future__ import annotations
@@ -53,16 +55,21 @@ class CopyError(Exception):
 class CopyReport:
     copied: int = 0  # versions written by this run
     skipped: int = 0  # versions the destination already had (a resumed copy)
+    documents: int = 0  # small documents copied
     versions: dict[str, int] = field(default_factory=dict)  # per type, verified equal
     live: dict[str, int] = field(default_factory=dict)  # live resources per type, verified
 
 
 async def copy_store(source: ResourceStore, destination: ResourceStore, indexer: Indexer,
                      *, source_name: str, types: Iterable[str], batch: int = 500,
-                     progress: Callable[[int], None] | None = None) -> CopyReport:
+                     progress: Callable[[int], None] | None = None,
+                     documents: Sequence[str] = ()) -> CopyReport:
     """Copy everything from `source` into `destination` (both open); `types` lists the
-    resource types to verify. `progress(n)` is called as versions are handled."""
+    resource types to verify, `documents` the document collections to copy.
+    `progress(n)` is called as versions are handled."""
     report = CopyReport()
+    for collection in documents:
+        report.documents += await copy_documents(source, destination, collection)
     resumed = await resume_point(destination, source_name)
     after, handled = resumed or (0, 0)
     if resumed is None and await destination.history_count(HistoryQuery()):
@@ -83,6 +90,17 @@ async def copy_store(source: ResourceStore, destination: ResourceStore, indexer:
             progress(len(versions))
     await verify(source, destination, types, report)
     return report
+
+
+async def copy_documents(source: ResourceStore, destination: ResourceStore,
+                         collection: str) -> int:
+    """Every live document of one collection (idempotent: a resumed copy rewrites them)."""
+    if collection == PROGRESS:
+        return 0
+    docs = await source.doc_list(collection, "", limit=2**31)
+    for doc in docs:
+        await destination.doc_put(collection, doc.key, doc.body, expires_at=doc.expires_at)
+    return len(docs)
 
 
 async def resume_point(destination: ResourceStore,
@@ -169,6 +187,9 @@ def install(sub: argparse._SubParsersAction, indexer_for: IndexerFor) -> None:
     copy.add_argument("destination", metavar="DST_URL")
     copy.add_argument("--batch", type=int, default=500,
                       help="versions per unit of work in the destination (default 500)")
+    copy.add_argument("--documents", default="", metavar="NAME,...",
+                      help="document collections to copy too (auth clients and users, HL7 "
+                           "v2 logs, ...: see docs/deploy.md)")
     copy.add_argument("--no-progress", dest="progress", action="store_false",
                       help="no progress bar (it is also off when stderr is not a terminal)")
     copy.set_defaults(func=lambda args: run_command(args, indexer_for))
@@ -186,9 +207,10 @@ def run_command(args: argparse.Namespace, indexer_for: IndexerFor) -> int:
     except (CopyError, StoreError, ValueError) as exc:
         print(f"fhirpm store copy: {exc}", file=sys.stderr)
         return 1
-    print(f"copied {report.copied} versions ({report.skipped} already there); verified "
-          f"{sum(report.versions.values())} versions and {sum(report.live.values())} live "
-          f"resources in {len(report.versions)} types", flush=True)
+    print(f"copied {report.copied} versions ({report.skipped} already there) and "
+          f"{report.documents} documents; verified {sum(report.versions.values())} versions "
+          f"and {sum(report.live.values())} live resources in {len(report.versions)} types",
+          flush=True)
     return 0
 
 
@@ -210,7 +232,8 @@ async def _run(args: argparse.Namespace, indexer_for: IndexerFor) -> CopyReport:
                       disable=None if args.progress else True, file=sys.stderr) as bar:
                 return await copy_store(
                     source, destination, indexer_for(settings, destination), source_name=name,
-                    types=RESOURCE_TYPES, batch=args.batch, progress=bar.update)
+                    types=RESOURCE_TYPES, batch=args.batch, progress=bar.update,
+                    documents=[c for c in args.documents.split(",") if c])
         finally:
             await destination.close()
     finally:

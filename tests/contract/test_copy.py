@@ -128,18 +128,26 @@ async def test_the_command_line(tmp_path: Path, mongo_url: str,
     source = SqliteResourceStore(str(tmp_path / "src.db"))
     await source.open()
     await seed(source)
+    await source.doc_put("auth.clients", "app-1", b'{"name":"one"}')
+    await source.doc_put("auth.clients", "old", b'{}', expires_at=1)  # expired: not copied
     await source.close()
     parser = argparse.ArgumentParser()
     store_copy.install(parser.add_subparsers(dest="command"),
                        lambda settings, store: repository(store).indexer)
-    args = parser.parse_args(["store", "copy", source_url, mongo_url, "--no-progress"])
+    args = parser.parse_args(["store", "copy", source_url, mongo_url, "--no-progress",
+                              "--documents", "auth.clients,empty"])
     # the command runs its own event loop: run it outside this test's loop
     import asyncio
 
     code = await asyncio.to_thread(args.func, args)
     out = capsys.readouterr()
     assert code == 0, out.err
-    assert "copied 8 versions (0 already there)" in out.out
+    assert "copied 8 versions (0 already there) and 1 documents" in out.out
+    copied = MongoResourceStore(mongo_url)
+    await copied.open()
+    assert (await copied.doc_get("auth.clients", "app-1")).body == b'{"name":"one"}'
+    assert await copied.doc_get("auth.clients", "old") is None
+    await copied.close()
     again = await asyncio.to_thread(args.func, args)  # a second run finds nothing to do
     assert again == 0 and "copied 0 versions" in capsys.readouterr().out
     same = parser.parse_args(["store", "copy", source_url, source_url])
