@@ -255,7 +255,8 @@ CONVERTERS: dict[str, Converter] = {
 
 # -- the indexer ---------------------------------------------------------------------------
 
-Step = tuple[str, Converter, fhirpath.Compiled, bool]  # code, converter, expression, of-type
+# code, converter, compiled expression, root keys it needs (None: always run), of-type
+Step = tuple[str, Converter, fhirpath.Fn, frozenset[str] | None, bool]
 
 
 class RegistryIndexer:
@@ -271,24 +272,23 @@ class RegistryIndexer:
     def extract(self, type: str, resource: dict[str, Any]) -> list[IndexEntry]:
         entries: list[IndexEntry] = []
         focus, env = [resource], (resource, resource)
-        for code, convert, compiled, of_type in self.plan(type):
-            keys = compiled.root_keys
-            if keys is not None and not any(k in resource for k in keys):
+        present = resource.keys()
+        for code, convert, fn, keys, of_type in self.plan(type):
+            if keys is not None and present.isdisjoint(keys):
                 continue  # none of the elements it reads is there: skip the call
             try:
-                values = compiled.fn(focus, env)
+                values = fn(focus, env)
                 if not values:
                     continue
                 found = [v for value in values for v in convert(value)]
                 if of_type:
-                    kinds = [t for value in values
-                             if isinstance(value, dict) and "type" in value
-                             for t in _of_type(value)]
-                    entries.extend(IndexEntry(code + OF_TYPE_SUFFIX, t) for t in kinds)
+                    entries += [IndexEntry(code + OF_TYPE_SUFFIX, t) for value in values
+                                if isinstance(value, dict) and "type" in value
+                                for t in _of_type(value)]
                 # duplicates come from unions and repeated parts: drop them per parameter
                 if len(found) > 1:
                     found = list(dict.fromkeys(found))
-                entries.extend(IndexEntry(code, v) for v in found)
+                entries += [IndexEntry(code, v) for v in found]
             except Exception:  # a malformed value must never fail the write
                 log.warning("index extraction failed", exc_info=True,
                             extra={"param": code, "resource_type": type})
@@ -317,7 +317,8 @@ class RegistryIndexer:
                 system = self._code_system(param, type)
                 if system is not None:
                     convert = partial(_token, system=system)
-            steps.append((code, convert, compiled, param.type == "token"))
+            keys = None if compiled.root_keys is None else frozenset(compiled.root_keys)
+            steps.append((code, convert, compiled.fn, keys, param.type == "token"))
         return steps
 
     def _code_system(self, param: SearchParamDef, type: str) -> str | None:
