@@ -4,11 +4,15 @@ constructs them. Config reaches each part as an argument."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.routing import Route
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, request_response
+from starlette.types import Receive, Scope, Send
 
 from fhirpm import __version__
 from fhirpm.api.routes import FhirEndpoint
@@ -25,7 +29,6 @@ from fhirpm.storage.port import ResourceStore
 log = logging.getLogger("fhirpm")
 
 FHIR_MOUNT = "/fhir"
-_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
 def build_interactions(settings: Settings, store: ResourceStore) -> Interactions:
@@ -87,11 +90,40 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
     else:
         log.warning("AUTHORIZATION IS DISABLED (FHIRPM_AUTH__ENABLED=false): anyone who can "
                     "reach this server can read and change every record. Development only.")
-    app.router.routes.append(Route(FHIR_MOUNT, endpoint.handle, methods=_METHODS))
-    app.router.routes.append(Route(FHIR_MOUNT + "/{path:path}", endpoint.handle, methods=_METHODS))
+    fhir = _AllMethods(endpoint.handle)
+    app.router.routes.append(Route(FHIR_MOUNT, fhir))
+    app.router.routes.append(Route(FHIR_MOUNT + "/{path:anything}", fhir))
     app.state.interactions = interactions
     app.state.store = store
     app.state.changes = changes
     app.state.hl7 = hl7
     app.state.settings = settings
     return app
+
+
+class _Anything(Convertor[str]):
+    """Like Starlette's `path` convertor but also across newlines (`%0A` in an id): the FHIR
+    router, not a framework 404, must answer every path under the base."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anything", _Anything())
+
+
+class _AllMethods:
+    """The FHIR endpoint as a plain ASGI app: Starlette then routes every HTTP method to it
+    (for a function it filters by a method list and answers others with its own non-FHIR
+    405), so unknown methods get the FHIR router's 405 OperationOutcome and Allow header."""
+
+    def __init__(self, handle: Callable[[Request], Awaitable[Response]]) -> None:
+        self._app = request_response(handle)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
