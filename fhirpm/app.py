@@ -44,7 +44,18 @@ def build_interactions(settings: Settings, store: ResourceStore) -> Interactions
     bundle.install(interactions, max_entries=settings.bundle_max_entries)
     capability.install(interactions)
     install_operations(interactions)
+    _install_search(interactions)
     return interactions
+
+
+def _install_search(interactions: Interactions) -> None:
+    """Search, conditional interactions and $reindex (fhirpm.repository.search)."""
+    from fhirpm.operations import reindex
+    from fhirpm.repository import conditional, search
+
+    search.install(interactions)
+    conditional.install(interactions)
+    reindex.install(interactions)
 
 
 def create_app(settings: Settings | None = None, store: ResourceStore | None = None) -> FastAPI:

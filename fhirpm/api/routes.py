@@ -20,7 +20,7 @@ from fhirpm.repository.interactions import FhirRequest, FhirResponse, Interactio
 log = logging.getLogger("fhirpm.api")
 
 _FORWARDED_HEADERS = ("if-match", "if-none-match", "if-modified-since", "if-none-exist",
-                      "prefer", "accept")
+                      "prefer", "accept", "content-type")
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
@@ -53,10 +53,11 @@ class FhirEndpoint:
     async def _fhir_request(self, request: Request) -> FhirRequest:
         method = request.method
         body = None
-        if method in _BODY_METHODS:
-            check_request_media_type(request.headers.get("content-type"), method)
-            body = await self._read_body(request)
         path = request.url.path[len(self.mount):].strip("/")
+        if method in _BODY_METHODS:
+            if not path.endswith("_search"):  # search checks its form body itself
+                check_request_media_type(request.headers.get("content-type"), method)
+            body = await self._read_body(request)
         headers = {h: request.headers[h] for h in _FORWARDED_HEADERS if h in request.headers}
         return FhirRequest(method=method, path=path, base=self.base_url,
                            params=tuple(request.query_params.multi_items()),

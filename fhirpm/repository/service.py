@@ -111,11 +111,14 @@ class Repository:
     # -- writes ---------------------------------------------------------------------
 
     async def create(self, type: str, resource: dict[str, Any], *,
-                     uow: UnitOfWork | None = None, id: str | None = None) -> WriteResult:
-        """Create with a server-assigned id (or `id`, used by transactions' urn:uuid)."""
+                     uow: UnitOfWork | None = None, id: str | None = None,
+                     unique_keys: tuple[str, ...] = ()) -> WriteResult:
+        """Create with a server-assigned id (or `id`, used by transactions' urn:uuid);
+        `unique_keys` are claimed for it (conditional create, see UnitOfWork.put)."""
         check_body(type, resource)
         async with self.unit(uow) as unit:
-            return await self._write(unit, type, id or new_id(), resource, None, "POST")
+            return await self._write(unit, type, id or new_id(), resource, None, "POST",
+                                     unique_keys)
 
     async def update(self, type: str, id: str, resource: dict[str, Any], *,
                      if_match: str | None = None, uow: UnitOfWork | None = None) -> WriteResult:
@@ -156,7 +159,8 @@ class Repository:
             return WriteResult(tombstone, created=False)
 
     async def _write(self, unit: UnitOfWork, type: str, id: str, resource: dict[str, Any],
-                     current: ResourceVersion | None, method: str) -> WriteResult:
+                     current: ResourceVersion | None, method: str,
+                     unique_keys: tuple[str, ...] = ()) -> WriteResult:
         live = current is not None and not current.deleted
         if live and _content_key(resource) == _content_key(jsonio.loads(current.body)):
             return WriteResult(current, created=False, changed=False)
@@ -170,13 +174,14 @@ class Repository:
             raise FhirError(Category.INVALID, errors[0].diagnostics, issues=errors)
         version = ResourceVersion(type, id, version_number, last_updated, method, body)
         await self._put(unit, version, self.indexer.extract(type, stored),
-                        current.version if current else 0)
+                        current.version if current else 0, unique_keys)
         return WriteResult(version, created=not live)
 
     async def _put(self, unit: UnitOfWork, version: ResourceVersion, entries: list,
-                   expected: int) -> None:
+                   expected: int, unique_keys: tuple[str, ...] = ()) -> None:
         try:
-            await unit.put(version, entries, expected_version=expected)
+            await unit.put(version, entries, expected_version=expected,
+                           unique_keys=unique_keys)
         except VersionConflict as exc:
             raise FhirError(Category.CONFLICT, f"Concurrent write: {exc}") from None
 

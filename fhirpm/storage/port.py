@@ -103,6 +103,11 @@ class UnitOfWork(Protocol):
     async def search(self, query: SearchQuery) -> SearchResult:
         """Search inside the unit, seeing its own writes (conditional interactions)."""
 
+    async def reindex(self, type: str, id: str, version: int,
+                      index: Sequence[IndexEntry]) -> bool:
+        """Replace the index entries of type/id without a new version, if its current
+        version is still `version` (reindex jobs); False when it moved on or is deleted."""
+
 
 class ResourceStore(Protocol):
     async def open(self) -> None: ...

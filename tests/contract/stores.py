@@ -81,7 +81,8 @@ async def stored_index(store: ResourceStore, type: str, id: str) -> list[IndexEn
             for table, make in _SQLITE_READERS.items():
                 rows = conn.execute(f"SELECT param, {_SQLITE_COLUMNS[table]} FROM {table} "
                                     "WHERE rid = ?", (row[0],))
-                found += [IndexEntry(r[0], make(r[1:])) for r in rows]
+                # the SQLite index qualifies codes by type ("Patient.name"; see index.py)
+                found += [IndexEntry(r[0].removeprefix(f"{type}."), make(r[1:])) for r in rows]
             return found
     assert isinstance(store, MongoResourceStore)
     client: AsyncMongoClient = AsyncMongoClient(store.url)

@@ -1,7 +1,13 @@
 """Search index tables for SQLite: one table per value kind, rows keyed by resource `rid`.
 
 Written in the same transaction as the version they describe; replaced wholesale on every
-new version (a deleted resource keeps no index rows).
+new version (a deleted resource keeps no index rows). The `param` column holds the code
+qualified by the resource type (`Appointment.date`): codes repeat across types, and the
+qualified key keeps one type's lookups off every other type's rows.
+
+`SEARCH_DDL` (a later migration) qualifies existing rows and replaces the first indexes by
+ones that end in `rid`, so an equality lookup lists its rows in rid order (search streams
+them page by page) and per-row checks are index-only.
 """
 
 from __future__ import annotations
@@ -62,32 +68,77 @@ CREATE INDEX ix_uri_lookup ON ix_uri (param, uri);
 CREATE INDEX ix_uri_rid ON ix_uri (rid);
 """
 
+SEARCH_DDL = """
+UPDATE ix_string SET param = (SELECT type FROM resources r WHERE r.rid = ix_string.rid)
+    || '.' || param;
+UPDATE ix_token SET param = (SELECT type FROM resources r WHERE r.rid = ix_token.rid)
+    || '.' || param;
+UPDATE ix_reference SET param = (SELECT type FROM resources r WHERE r.rid = ix_reference.rid)
+    || '.' || param;
+UPDATE ix_date SET param = (SELECT type FROM resources r WHERE r.rid = ix_date.rid)
+    || '.' || param;
+UPDATE ix_number SET param = (SELECT type FROM resources r WHERE r.rid = ix_number.rid)
+    || '.' || param;
+UPDATE ix_quantity SET param = (SELECT type FROM resources r WHERE r.rid = ix_quantity.rid)
+    || '.' || param;
+UPDATE ix_uri SET param = (SELECT type FROM resources r WHERE r.rid = ix_uri.rid)
+    || '.' || param;
+CREATE INDEX resources_live ON resources (type, deleted);
+DROP INDEX ix_string_lookup;
+CREATE INDEX ix_string_norm ON ix_string (param, norm, rid);
+CREATE INDEX ix_string_raw ON ix_string (param, raw, rid);
+DROP INDEX ix_token_code;
+DROP INDEX ix_token_system;
+CREATE INDEX ix_token_code ON ix_token (param, code, rid, system);
+CREATE INDEX ix_token_system ON ix_token (param, system, rid);
+DROP INDEX ix_reference_target;
+DROP INDEX ix_reference_url;
+DROP INDEX ix_reference_identifier;
+CREATE INDEX ix_reference_target ON ix_reference (param, ref_id, ref_type, rid);
+CREATE INDEX ix_reference_url ON ix_reference (param, url, rid);
+CREATE INDEX ix_reference_identifier ON ix_reference (param, id_value, id_system, rid);
+DROP INDEX ix_date_lo;
+DROP INDEX ix_date_hi;
+DROP INDEX ix_date_rid;
+CREATE INDEX ix_date_lo ON ix_date (param, lo, hi, rid);
+CREATE INDEX ix_date_hi ON ix_date (param, hi, lo, rid);
+CREATE INDEX ix_date_rid ON ix_date (rid, param, lo, hi);
+DROP INDEX ix_number_value;
+DROP INDEX ix_number_rid;
+CREATE INDEX ix_number_value ON ix_number (param, value, rid);
+CREATE INDEX ix_number_rid ON ix_number (rid, param, value);
+DROP INDEX ix_quantity_value;
+CREATE INDEX ix_quantity_value ON ix_quantity (param, value, rid);
+DROP INDEX ix_uri_lookup;
+CREATE INDEX ix_uri_lookup ON ix_uri (param, uri, rid)
+"""
+
 TABLES = ("ix_string", "ix_token", "ix_reference", "ix_date", "ix_number", "ix_quantity",
           "ix_uri")
 
 
-def _row(rid: int, entry: IndexEntry) -> tuple[str, tuple]:
+def _row(rid: int, type: str, entry: IndexEntry) -> tuple[str, tuple]:
     v = entry.value
+    param = f"{type}.{entry.param}"
     match v:
         case StringValue():
-            return "ix_string", (rid, entry.param, v.norm, v.raw)
+            return "ix_string", (rid, param, v.norm, v.raw)
         case TokenValue():
-            return "ix_token", (rid, entry.param, v.system, v.code, v.text)
+            return "ix_token", (rid, param, v.system, v.code, v.text)
         case ReferenceValue():
             ident = v.identifier
             return "ix_reference", (
-                rid, entry.param, v.type, v.id, v.url, v.version,
+                rid, param, v.type, v.id, v.url, v.version,
                 ident.system if ident else None, ident.code if ident else None,
             )
         case DateValue():
-            return "ix_date", (rid, entry.param, v.lo, v.hi)
+            return "ix_date", (rid, param, v.lo, v.hi)
         case NumberValue():
-            return "ix_number", (rid, entry.param, v.value, v.lo, v.hi)
+            return "ix_number", (rid, param, v.value, v.lo, v.hi)
         case QuantityValue():
-            return "ix_quantity", (rid, entry.param, v.value, v.lo, v.hi, v.system, v.code,
-                                   v.unit)
+            return "ix_quantity", (rid, param, v.value, v.lo, v.hi, v.system, v.code, v.unit)
         case UriValue():
-            return "ix_uri", (rid, entry.param, v.uri)
+            return "ix_uri", (rid, param, v.uri)
     raise TypeError(f"unknown index value {type(v).__name__}")
 
 
@@ -103,14 +154,26 @@ _INSERT = {
 
 
 def replace(conn: sqlite3.Connection, rid: int, entries: Sequence[IndexEntry],
-            had_rows: bool) -> None:
-    """Replace the index rows of resource `rid` with `entries`."""
+            had_rows: bool, type: str) -> None:
+    """Replace the index rows of resource `rid` (of `type`) with `entries`."""
     if had_rows:
         for table in TABLES:
             conn.execute(f"DELETE FROM {table} WHERE rid = ?", (rid,))
     grouped: dict[str, list[tuple]] = {}
     for entry in entries:
-        table, row = _row(rid, entry)
+        table, row = _row(rid, type, entry)
         grouped.setdefault(table, []).append(row)
     for table, rows in grouped.items():
         conn.executemany(_INSERT[table], rows)
+
+
+def reindex(conn: sqlite3.Connection, type: str, id: str, version: int,
+            entries: Sequence[IndexEntry]) -> bool:
+    """Replace the index rows of type/id if its current version is still `version` (a
+    reindex job: no new version). False when it moved on or was deleted meanwhile."""
+    row = conn.execute("SELECT rid FROM resources WHERE type = ? AND id = ? AND version = ? "
+                       "AND deleted = 0", (type, id, version)).fetchone()
+    if row is None:
+        return False
+    replace(conn, row[0], entries, had_rows=True, type=type)
+    return True

@@ -339,6 +339,10 @@ class SqliteUnitOfWork:
     async def search(self, query: SearchQuery) -> SearchResult:
         return await self.hop(lambda c: sql_search.run(c, query))
 
+    async def reindex(self, type: str, id: str, version: int,
+                      index_entries: Sequence[IndexEntry]) -> bool:
+        return await self.hop(lambda c: index.reindex(c, type, id, version, index_entries))
+
 
 def _version_of(c: sqlite3.Connection, type: str, id: str) -> int:
     row = c.execute("SELECT version FROM resources WHERE type = ? AND id = ?",
@@ -389,7 +393,8 @@ def _put(c: sqlite3.Connection, v: ResourceVersion, entries: Sequence[IndexEntry
     else:
         rid = c.execute("INSERT INTO resources (type, id, version, seq, deleted) "
                         "VALUES (?,?,?,?,?)", (v.type, v.id, v.version, seq, deleted)).lastrowid
-    index.replace(c, rid, () if v.deleted else entries, had_rows=current is not None)
+    index.replace(c, rid, () if v.deleted else entries, had_rows=current is not None,
+                  type=v.type)
     for key in unique_keys:
         holder = c.execute("SELECT type, id FROM unique_keys WHERE key = ?", (key,)).fetchone()
         if holder:
