@@ -104,6 +104,10 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
     fhir = _AllMethods(endpoint.handle)
     app.router.routes.append(Route(FHIR_MOUNT, fhir))
     app.router.routes.append(Route(FHIR_MOUNT + "/{path:anything}", fhir))
+    from fhirpm import ops  # request ids, access log, limits, CORS, health, metrics
+
+    ops.install(app, settings, store, interactions, auth=settings.auth.enabled,
+                mount=FHIR_MOUNT)  # app.state.ops: readiness checks and metrics register here
     app.state.interactions = interactions
     app.state.store = store
     app.state.changes = changes

@@ -31,20 +31,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from fhirpm import logs
     from fhirpm.app import create_app
+    from fhirpm.ops import context, serving
 
     settings = _settings(args)
     if getattr(args, "mllp", False):
         settings = settings.model_copy(update={"hl7": settings.hl7.model_copy(
             update={"enabled": True})})
+    try:
+        settings = serving.with_tls(settings, args.tls_cert, args.tls_key)
+    except ValueError as exc:
+        print(f"fhirpm serve: {exc}", file=sys.stderr)
+        return 2
     logs.configure(settings.log_level, settings.log_json)
+    context.install_log_filter()  # every log line written while serving names its request
     store_where = settings.store_url
     if store_where.startswith("sqlite:///"):
         store_where = os.path.abspath(store_where[len("sqlite:///"):])
     print(f"fhirpm FHIR R4 server: {settings.fhir_base}", flush=True)
     print(f"data: {store_where}", flush=True)
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
-                access_log=False, lifespan="on")
+    uvicorn.run(app, **serving.uvicorn_options(settings))  # TLS, graceful shutdown
     return 0
 
 
@@ -104,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="store URL (default sqlite:///./var/fhirpm.db, FHIRPM_STORE_URL)")
     serve.add_argument("--mllp", action="store_true",
                        help="also run the HL7 v2 MLLP listener (FHIRPM_HL7__PORT, default 2575)")
+    serve.add_argument("--tls-cert", dest="tls_cert", metavar="PEM",
+                       help="serve HTTPS with this certificate chain (FHIRPM_OPS__TLS_CERT)")
+    serve.add_argument("--tls-key", dest="tls_key", metavar="PEM",
+                       help="the certificate's private key (FHIRPM_OPS__TLS_KEY)")
     serve.set_defaults(func=cmd_serve)
 
     load = sub.add_parser("load", help="load FHIR files (Bundles, resources, NDJSON, folders)")

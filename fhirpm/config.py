@@ -5,7 +5,9 @@ Nothing imports a global settings object; `create_app(settings)` hands each part
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+import ipaddress
+
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fhirpm.hl7v2.settings import Hl7Settings
@@ -35,6 +37,52 @@ class AuthSettings(BaseModel):
     jwks_fetch_seconds: float = Field(5.0, gt=0)  # timeout fetching a client's jwks_uri
 
 
+class RateLimit(BaseModel):
+    """A token bucket: up to `burst` requests at once, refilled at `per_minute`."""
+
+    model_config = {"frozen": True}
+
+    burst: int = Field(ge=1)
+    per_minute: float = Field(gt=0)
+
+
+class OpsSettings(BaseModel):
+    """Operations (fhirpm.ops, docs/operations.md); FHIRPM_OPS__<NAME>, lists as JSON."""
+
+    model_config = {"frozen": True}
+
+    # Origins browser apps may call the FHIR API from; None: the registered clients'
+    # redirect-URI origins; ["*"]: any origin.
+    cors_origins: list[str] | None = None
+    trusted_proxies: list[str] = []  # IPs or CIDRs whose X-Forwarded-* headers are believed
+    rate_limits: bool = True
+    login_limit: RateLimit = RateLimit(burst=30, per_minute=30)  # per client IP
+    login_user_limit: RateLimit = RateLimit(burst=10, per_minute=10)  # per IP and username
+    token_limit: RateLimit = RateLimit(burst=60, per_minute=120)  # per client IP
+    register_limit: RateLimit = RateLimit(burst=5, per_minute=5)  # per client IP
+    request_timeout: float = Field(60.0, ge=0)  # seconds until the response starts; 0: none
+    tls_cert: str | None = None  # PEM; with tls_key, `serve` speaks HTTPS itself
+    tls_key: str | None = None
+    hsts_seconds: int = Field(365 * 86400, ge=0)  # Strict-Transport-Security over HTTPS
+    shutdown_grace: float = Field(30.0, ge=0)  # seconds in-flight requests get at shutdown
+    access_log: bool = True  # one JSON line per request (fhirpm.access)
+    metrics: bool = True  # /metrics (Prometheus text format)
+    metrics_token: str | None = None  # when set, /metrics needs `Authorization: Bearer <it>`
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item.strip(), strict=False)  # ValueError names the bad one
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> OpsSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("ops.tls_cert and ops.tls_key must be given together")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FHIRPM_", env_nested_delimiter="__", frozen=True)
 
@@ -57,9 +105,11 @@ class Settings(BaseSettings):
     log_json: bool = True
     auth: AuthSettings = AuthSettings()
     hl7: Hl7Settings = Hl7Settings()  # HL7 v2 bridge (fhirpm.hl7v2.settings)
+    ops: OpsSettings = OpsSettings()  # health, metrics, limits, TLS, proxies (fhirpm.ops)
 
     @property
     def fhir_base(self) -> str:
         if self.base_url:
             return self.base_url.rstrip("/")
-        return f"http://{self.host}:{self.port}/fhir"
+        scheme = "https" if self.ops.tls_cert else "http"
+        return f"{scheme}://{self.host}:{self.port}/fhir"
