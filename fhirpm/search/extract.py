@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from decimal import Decimal
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, Protocol
 
 from fhirpm.fhir.bindings import BindingChecker
@@ -78,18 +78,45 @@ _STRING_PARTS = ("text", "family", "given", "prefix", "suffix", "line", "city", 
                  "state", "postalCode", "country")
 
 
+# Values repeat across resources (codes, systems, names, references, dates), and building
+# a frozen dataclass costs more than a cache lookup: the common ones are memoised.
+_CACHE = 1 << 14  # per kind: bounded memory, still most repeats
+
+
+@lru_cache(maxsize=_CACHE)
+def _string_value(raw: str) -> StringValue:
+    return StringValue(fold(raw), raw)
+
+
+@lru_cache(maxsize=_CACHE)
+def _token_value(system: str | None, code: str | None, text: str | None = None) -> TokenValue:
+    return TokenValue(system, code, text)
+
+
+@lru_cache(maxsize=_CACHE)
+def _date_value(text: str) -> DateValue | None:
+    found = date_range(text)
+    return DateValue(*found) if found is not None else None
+
+
+@lru_cache(maxsize=_CACHE)
+def _reference_value(ref: str) -> ReferenceValue | None:
+    type_name, id_, url, version = split_reference(ref)
+    return ReferenceValue(type_name, id_, url, version) if type_name or url else None
+
+
 def _string(value: Any) -> Iterator[IndexValue]:
     if isinstance(value, str):
-        yield StringValue(fold(value), value)
+        yield _string_value(value)
     elif type(value) is dict:
         for key in _STRING_PARTS:
             part = value.get(key)
             if isinstance(part, str):
-                yield StringValue(fold(part), part)
+                yield _string_value(part)
             elif type(part) is list:
                 for item in part:
                     if isinstance(item, str):
-                        yield StringValue(fold(item), item)
+                        yield _string_value(item)
 
 
 def _text(value: Any) -> str | None:
@@ -102,16 +129,16 @@ def _coding(coding: Any) -> TokenValue | None:
     system, code = coding.get("system"), coding.get("code")
     if system is None and code is None:
         return None
-    return TokenValue(system, code, _text(coding.get("display")))
+    return _token_value(system, code, _text(coding.get("display")))
 
 
 def _token(value: Any, system: str | None = None) -> Iterator[IndexValue]:
     if isinstance(value, bool):
-        yield TokenValue(None, "true" if value else "false")
+        yield _token_value(None, "true" if value else "false")
     elif isinstance(value, str):
-        yield TokenValue(system, value)
+        yield _token_value(system, value)
     elif isinstance(value, int | Decimal):
-        yield TokenValue(None, str(value))
+        yield _token_value(None, str(value))
     elif type(value) is dict:
         if "coding" in value or ("text" in value and "value" not in value):
             for coding in value.get("coding") or ():
@@ -120,12 +147,12 @@ def _token(value: Any, system: str | None = None) -> Iterator[IndexValue]:
                     yield token
             text = _text(value.get("text"))
             if text:
-                yield TokenValue(None, None, text)
+                yield _token_value(None, None, text)
         elif "value" in value:  # Identifier or ContactPoint
             kind = value.get("type")
             label = _text(kind.get("text")) if type(kind) is dict else None
             if isinstance(value["value"], str):
-                yield TokenValue(value.get("system"), value["value"], label)
+                yield _token_value(value.get("system"), value["value"], label)
         else:
             token = _coding(value)
             if token is not None:
@@ -144,9 +171,9 @@ def _of_type(value: Any) -> Iterator[TokenValue]:
 
 def _reference(value: Any) -> Iterator[IndexValue]:
     if isinstance(value, str):
-        type_name, id_, url, version = split_reference(value)
-        if type_name or url:
-            yield ReferenceValue(type_name, id_, url, version)
+        found = _reference_value(value)
+        if found is not None:
+            yield found
         return
     if type(value) is not dict:
         return
@@ -154,10 +181,15 @@ def _reference(value: Any) -> Iterator[IndexValue]:
         yield ReferenceValue(value["resourceType"], value.get("id"))
         return
     ref = value.get("reference")
+    ident = value.get("identifier")
+    if ident is None:
+        found = _reference_value(ref) if isinstance(ref, str) else None
+        if found is not None:
+            yield found
+        return
     type_name = id_ = url = version = None
     if isinstance(ref, str):
         type_name, id_, url, version = split_reference(ref)
-    ident = value.get("identifier")
     identifier = None
     if type(ident) is dict and (ident.get("value") is not None or ident.get("system")):
         identifier = TokenValue(ident.get("system"), ident.get("value"))
@@ -177,9 +209,9 @@ def _period(start: Any, end: Any) -> DateValue | None:
 
 def _date(value: Any) -> Iterator[IndexValue]:
     if isinstance(value, str):
-        found = date_range(value)
+        found = _date_value(value)
         if found is not None:
-            yield DateValue(*found)
+            yield found
     elif type(value) is dict:
         if "start" in value or "end" in value:
             period = _period(value.get("start"), value.get("end"))
