@@ -38,7 +38,8 @@ def build_interactions(settings: Settings, store: ResourceStore) -> Interactions
     from fhirpm.repository import bundle
 
     registry = Registry.load_default()
-    repo = Repository(store, FhirkitValidator(), RegistryIndexer(registry), registry)
+    indexer = RegistryIndexer(registry, local_base=settings.fhir_base)
+    repo = Repository(store, FhirkitValidator(), indexer, registry)
     interactions = Interactions(repo, default_count=settings.default_count,
                                 max_count=settings.max_count)
     bundle.install(interactions, max_entries=settings.bundle_max_entries)

@@ -16,7 +16,8 @@ parameter's FHIRPath expression is compiled once per (expression, type) by
   (`Patient.gender` -> (http://hl7.org/fhir/administrative-gender, "female"), as the spec
   reads a code's implicit system); boolean -> (None, "true"/"false").
 - reference: Reference.reference split by `normalize.split_reference` (relative `Type/id`,
-  absolute URL also parsed into type/id, canonical `url|version`; contained `#id` skipped),
+  absolute URL also parsed into type/id, canonical `url|version`; contained `#id` skipped;
+  an absolute URL under the server's own base is made relative first),
   with Reference.identifier as `identifier`; a canonical/uri string likewise; a resource
   (Bundle.entry[0].resource) -> its type and id.
 - date: date/dateTime/instant via `dates.date_range`; Period start..end (an open end ->
@@ -169,9 +170,9 @@ def _of_type(value: Any) -> Iterator[TokenValue]:
             yield TokenValue(f"{coding.get('system') or ''}|{coding['code']}", value["value"])
 
 
-def _reference(value: Any) -> Iterator[IndexValue]:
+def _reference(value: Any, local_base: str | None = None) -> Iterator[IndexValue]:
     if isinstance(value, str):
-        found = _reference_value(value)
+        found = _reference_value(_localise(value, local_base))
         if found is not None:
             yield found
         return
@@ -181,6 +182,8 @@ def _reference(value: Any) -> Iterator[IndexValue]:
         yield ReferenceValue(value["resourceType"], value.get("id"))
         return
     ref = value.get("reference")
+    if isinstance(ref, str):
+        ref = _localise(ref, local_base)
     ident = value.get("identifier")
     if ident is None:
         found = _reference_value(ref) if isinstance(ref, str) else None
@@ -195,6 +198,14 @@ def _reference(value: Any) -> Iterator[IndexValue]:
         identifier = TokenValue(ident.get("system"), ident.get("value"))
     if type_name or url or identifier:
         yield ReferenceValue(type_name, id_, url, version, identifier)
+
+
+def _localise(ref: str, local_base: str | None) -> str:
+    """`<our base>/Patient/1` is the local `Patient/1`."""
+    if local_base and ref.startswith(local_base) and ref[len(local_base):len(local_base) + 1] \
+            == "/":
+        return ref[len(local_base) + 1:]
+    return ref
 
 
 def _period(start: Any, end: Any) -> DateValue | None:
@@ -294,9 +305,12 @@ Step = tuple[str, Converter, fhirpath.Fn, frozenset[str] | None, bool]
 class RegistryIndexer:
     """Extracts every registered parameter of a resource's type (the `Indexer` protocol)."""
 
-    def __init__(self, registry: Registry, bindings: BindingChecker | None = None) -> None:
+    def __init__(self, registry: Registry, bindings: BindingChecker | None = None, *,
+                 local_base: str | None = None) -> None:
         self.registry = registry
         self.bindings = bindings or BindingChecker.load_default()
+        # absolute references under the server's own base URL are indexed as local ones
+        self.local_base = local_base.rstrip("/") if local_base else None
         self.skipped: dict[str, str] = {}  # parameter url -> why its expression is not used
         self._plans: dict[str, list[Step]] = {}
         self._revision = registry.revision
@@ -349,6 +363,8 @@ class RegistryIndexer:
                 system = self._code_system(param, type)
                 if system is not None:
                     convert = partial(_token, system=system)
+            elif param.type == "reference" and self.local_base:
+                convert = partial(_reference, local_base=self.local_base)
             keys = None if compiled.root_keys is None else frozenset(compiled.root_keys)
             steps.append((code, convert, compiled.fn, keys, param.type == "token"))
         return steps

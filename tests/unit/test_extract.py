@@ -243,3 +243,13 @@ def test_composite_components_are_evaluated_per_item():
                             obs) == []
     assert index_values("token", {"coding": [{"code": "a"}, {"code": "a"}]}) == [
         TokenValue(None, "a")]
+
+
+def test_references_to_our_own_base_are_local():
+    indexer = RegistryIndexer(Registry.load_default(), local_base="http://fhir.local/fhir/")
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+           "subject": {"reference": "http://fhir.local/fhir/Patient/p1"},
+           "hasMember": [{"reference": "http://fhir.local/fhirish/Observation/o2"}]}
+    assert values(indexer, obs, "patient") == [ReferenceValue("Patient", "p1")]
+    assert values(indexer, obs, "has-member") == [ReferenceValue(
+        "Observation", "o2", "http://fhir.local/fhirish/Observation/o2")]
