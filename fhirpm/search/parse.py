@@ -260,7 +260,8 @@ class SearchParser:
 
     def _date(self, raw: str) -> DatePred:
         prefix, rest = _prefix(raw)
-        found = date_range(rest)
+        # an unencoded `+` of a zone offset arrives as a space (form decoding)
+        found = date_range(rest.replace(" ", "+"))
         if found is None:
             raise BadParam(f"{raw!r} is not a FHIR date, dateTime or instant")
         lo, hi = found

@@ -152,9 +152,11 @@ def _token(pred: TokenPred, code: str, system: str) -> Sql:
 
 
 def _reference(pred: RefPred, a: str) -> Sql:
+    # `+` keeps `url IS NULL` (true of nearly every local reference) from choosing the url
+    # index, which would read every local reference of the parameter
     parts: list[Sql] = []
     if pred.id is not None:
-        parts.append((f"{a}.ref_id = ? AND {a}.url IS NULL", [pred.id]))
+        parts.append((f"{a}.ref_id = ? AND +{a}.url IS NULL", [pred.id]))
         if pred.type is not None:
             parts.append((f"{a}.ref_type = ?", [pred.type]))
     elif pred.url is not None:
@@ -287,7 +289,7 @@ class Compiler:
             branches.append(_and((f"{a}.ref_type = ?", [target]),
                                  self._ids_of(inner, target, f"{a}.ref_id")))
         cond = _or(branches)
-        return (f"SELECT {a}.rid FROM ix_reference {a} WHERE {k[0]} AND {a}.url IS NULL "
+        return (f"SELECT {a}.rid FROM ix_reference {a} WHERE {k[0]} AND +{a}.url IS NULL "
                 f"AND ({cond[0]})", k[1] + cond[1])
 
     def _ids_of(self, clause: Clause, type: str, column: str) -> Sql:
@@ -305,13 +307,15 @@ class Compiler:
         a, t = self.alias("a"), self.alias("t")
         ty = _in(f"{a}.ref_type", list(types))
         inner = self.rids(has.clause, [has.type])
-        if inner is not None:
+        if inner is not None:  # from the referring resources to their references
             src: Sql = f"{a}.rid IN ({inner[0]})", inner[1]
+            table = f"ix_reference {a} INDEXED BY ix_reference_rid"
         else:
             src = self.test(has.clause, [has.type], Row(f"{a}.rid"))
-        return (f"SELECT {t}.rid FROM ix_reference {a} JOIN resources {t} ON "
+            table = f"ix_reference {a}"
+        return (f"SELECT {t}.rid FROM {table} JOIN resources {t} ON "
                 f"{t}.type = {a}.ref_type AND {t}.id = {a}.ref_id WHERE {a}.param = ? AND "
-                f"{a}.url IS NULL AND {ty[0]} AND ({src[0]}) AND {t}.deleted = 0",
+                f"+{a}.url IS NULL AND {ty[0]} AND ({src[0]}) AND {t}.deleted = 0",
                 [f"{has.type}.{has.code}", *ty[1], *src[1]])
 
     # per-row tests -------------------------------------------------------------------
@@ -357,7 +361,7 @@ class Compiler:
         cond = _or(branches)
         return (f"EXISTS (SELECT 1 FROM {_by_rid('reference', a)} JOIN resources {t} ON "
                 f"{t}.type = {a}.ref_type AND {t}.id = {a}.ref_id WHERE {a}.rid = {row.rid} "
-                f"AND {k[0]} AND {a}.url IS NULL AND {t}.deleted = 0 AND ({cond[0]}))",
+                f"AND {k[0]} AND +{a}.url IS NULL AND {t}.deleted = 0 AND ({cond[0]}))",
                 k[1] + cond[1])
 
     def _has_test(self, has: Has, types: Sequence[str], row: Row) -> Sql:
@@ -365,7 +369,7 @@ class Compiler:
         inner = self.test(has.clause, [has.type], Row(f"{a}.rid"))
         return (f"EXISTS (SELECT 1 FROM ix_reference {a} INDEXED BY ix_reference_target "
                 f"WHERE {a}.param = ? AND {a}.ref_id = {row.id_expr()} AND "
-                f"{a}.ref_type = {row.type_expr()} AND {a}.url IS NULL AND ({inner[0]}))",
+                f"{a}.ref_type = {row.type_expr()} AND +{a}.url IS NULL AND ({inner[0]}))",
                 [f"{has.type}.{has.code}", *inner[1]])
 
 

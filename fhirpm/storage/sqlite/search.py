@@ -20,13 +20,16 @@ No plan scans a table: the walk reads the type's own index range.
 A page ends at a position (its last row's sort values and rid); the next page starts
 strictly after it (`previous` strictly before it, read in reverse), so a write between two
 pages can never shift, repeat or skip an unchanged resource the way OFFSET does. The first
-page pins a snapshot: the highest rid that existed then (rids are allocated in commit
-order by the single writer and never reused). Later pages only return resources with
-rid <= snapshot: resources created after the first page never appear, so the total stays
-true; resources updated meanwhile are matched on their current version and, if their sort
-values did not change, appear exactly once. The total is computed once, on the first page,
-and carried by the cursor. A cursor is opaque base64url JSON: [snapshot, total, backward,
-position].
+page pins a snapshot: the highest rid and the highest change-log seq at that moment (rids
+are allocated in commit order by the single writer; a resource keeps its rid for life).
+Later pages only return resources that were live at the snapshot: rid <= the pinned rid,
+and either unchanged since (seq <= the pinned seq) or with a live version at the pinned
+seq (an index lookup in history, only for the few rows changed since). So resources
+created (or re-created) after the first page never appear and the total stays true;
+resources updated meanwhile are matched on their current version and, if their sort
+values did not change, appear exactly once; deleted ones drop out. The total is computed
+once, on the first page, and carried by the cursor. A cursor is opaque base64url JSON:
+[rid, seq, total, backward, position].
 
 ## Counting
 
@@ -80,13 +83,14 @@ _ALL_TYPES = tuple(sorted(RESOURCE_TYPES))
 
 @dataclass(frozen=True, slots=True)
 class Cursor:
-    snapshot: int
+    rid: int  # the snapshot: highest rid ...
+    seq: int  # ... and highest change-log seq when the first page was read
     total: int | None = None
     backward: bool = False
     position: tuple | None = None  # (missing flag, value) per sort key, then rid
 
     def encode(self) -> str:
-        raw = orjson.dumps([self.snapshot, self.total, self.backward,
+        raw = orjson.dumps([self.rid, self.seq, self.total, self.backward,
                             list(self.position) if self.position is not None else None])
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
@@ -94,8 +98,9 @@ class Cursor:
     def decode(cls, token: str, width: int) -> Cursor:
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            snapshot, total, backward, position = orjson.loads(raw)
-            ok = (isinstance(snapshot, int) and (total is None or isinstance(total, int))
+            rid, seq, total, backward, position = orjson.loads(raw)
+            ok = (isinstance(rid, int) and isinstance(seq, int)
+                  and (total is None or isinstance(total, int))
                   and isinstance(backward, bool)
                   and (position is None or (isinstance(position, list)
                                             and len(position) == width
@@ -105,7 +110,7 @@ class Cursor:
         if not ok:
             raise FhirError(Category.INVALID, "_cursor is not a cursor this server issued "
                             "for this search", expression=("_cursor",))
-        return cls(snapshot, total, backward, tuple(position) if position else None)
+        return cls(rid, seq, total, backward, tuple(position) if position else None)
 
 
 # -- planning -----------------------------------------------------------------------------
@@ -140,11 +145,13 @@ def _streamable(clause: Clause, types: Sequence[str]) -> bool:
 
 
 class Planner:
-    def __init__(self, c: sqlite3.Connection, query: SearchQuery, snapshot: int) -> None:
+    def __init__(self, c: sqlite3.Connection, query: SearchQuery, snapshot: Cursor,
+                 pinned: bool) -> None:
         self.c = c
         self.query = query
         self.types = list(query.types) or list(_ALL_TYPES)
         self.snapshot = snapshot
+        self.pinned = pinned  # a later page: resources must have been live at the snapshot
         self.comp = Compiler()
         self.row = Row("r.rid", "r.id", "r.type")
 
@@ -183,8 +190,17 @@ class Planner:
         p = "" if indexed else "+"
         type_sql = (f"{p}r.type = ?" if len(types) == 1
                     else f"{p}r.type IN ({','.join('?' * len(types))})")
-        return (f"{type_sql} AND {p}r.deleted = 0 AND {p}r.rid <= ?",
-                [*types, self.snapshot])
+        then = self._then()
+        return (f"{type_sql} AND {p}r.deleted = 0 AND {p}r.rid <= ? AND {then[0]}",
+                [*types, self.snapshot.rid, *then[1]])
+
+    def _then(self) -> Sql:
+        """Live at the snapshot (see the module docstring); always true on a first page."""
+        if not self.pinned:
+            return "1", []
+        return ("(r.seq <= ? OR coalesce((SELECT h2.method FROM history h2 WHERE "
+                "h2.type = r.type AND h2.id = r.id AND h2.seq <= ? ORDER BY h2.version DESC "
+                "LIMIT 1), 'DELETE') != 'DELETE')", [self.snapshot.seq, self.snapshot.seq])
 
     def _stream(self, index: int) -> Plan:
         clause = self.query.where[index]
@@ -193,14 +209,15 @@ class Planner:
         key = keys(self.types, clause.code)[0]
         tests = self._tests(index)
         driver = (f"a0.param = ? AND ({pred[0]}) AND a0.rid <= ?",
-                  [key, *pred[1], self.snapshot])
+                  [key, *pred[1], self.snapshot.rid])
+        then = self._then()
         table = TABLE[clause.type]
         count = None
         if len(self.query.where) == 1:
             count = (f"SELECT DISTINCT a0.rid FROM {table} a0 WHERE {driver[0]}", driver[1])
         return Plan("stream", f"{table} a0 CROSS JOIN resources r ON r.rid = a0.rid",
-                    (f"{driver[0]} AND {tests[0]}", driver[1] + tests[1]), "a0.rid", True,
-                    count)
+                    (f"{driver[0]} AND {then[0]} AND {tests[0]}",
+                     driver[1] + then[1] + tests[1]), "a0.rid", True, count)
 
     def _materialise(self, index: int, rids: Sql) -> Plan:
         live, tests = self._live(indexed=False), self._tests(index)
@@ -225,22 +242,18 @@ def run(c: sqlite3.Connection, query: SearchQuery) -> SearchResult:
 
     width = 2 * len(query.sort) + 1
     cursor = Cursor.decode(query.cursor, width) if query.cursor else None
-    if cursor is None:
-        (snapshot,) = c.execute("SELECT coalesce(max(rid), 0) FROM resources").fetchone()
-    else:
-        snapshot = cursor.snapshot
-    planner = Planner(c, query, snapshot)
+    snapshot = cursor or _snapshot(c)
+    planner = Planner(c, query, snapshot, pinned=cursor is not None)
     plan = planner.plan()
     total = cursor.total if cursor is not None else _total(c, plan, query.total)
-    first = Cursor(snapshot, total)
+    first = Cursor(snapshot.rid, snapshot.seq, total)
     if query.count <= 0:
         return SearchResult([], total=total, first_cursor=first.encode())
     rows, prev_pos, next_pos = _page(c, planner, plan, cursor)
     matches = [version_from_row(r[:7]) for r in rows]
     result = SearchResult(
         matches, total=total, first_cursor=first.encode(),
-        next_cursor=Cursor(snapshot, total, False, next_pos).encode() if next_pos else None,
-        prev_cursor=Cursor(snapshot, total, True, prev_pos).encode() if prev_pos else None,
+        next_cursor=_at(first, False, next_pos), prev_cursor=_at(first, True, prev_pos),
         has_more=next_pos is not None)
     if query.include or query.revinclude:
         found = [(r[7], v.type, v.id) for r, v in zip(rows, matches, strict=True)]
@@ -248,10 +261,21 @@ def run(c: sqlite3.Connection, query: SearchQuery) -> SearchResult:
     return result
 
 
-def explain(c: sqlite3.Connection, query: SearchQuery) -> list[str]:
-    """EXPLAIN QUERY PLAN of the first page's statement (for tests and diagnosis)."""
-    (snapshot,) = c.execute("SELECT coalesce(max(rid), 0) FROM resources").fetchone()
-    planner = Planner(c, query, snapshot)
+def _snapshot(c: sqlite3.Connection) -> Cursor:
+    (rid,) = c.execute("SELECT coalesce(max(rid), 0) FROM resources").fetchone()
+    (seq,) = c.execute("SELECT coalesce(max(seq), 0) FROM history").fetchone()
+    return Cursor(rid, seq)
+
+
+def _at(first: Cursor, backward: bool, position: tuple | None) -> str | None:
+    if position is None:
+        return None
+    return Cursor(first.rid, first.seq, first.total, backward, position).encode()
+
+
+def explain(c: sqlite3.Connection, query: SearchQuery, *, pinned: bool = False) -> list[str]:
+    """EXPLAIN QUERY PLAN of a page's statement (a later page's when `pinned`)."""
+    planner = Planner(c, query, _snapshot(c), pinned=pinned)
     sql, args = _page_sql(planner, planner.plan(), None, query.count + 1)
     return [row[3] for row in c.execute("EXPLAIN QUERY PLAN " + sql, args)]
 
@@ -390,7 +414,7 @@ def _follow(c: sqlite3.Connection, frontier: list[tuple[int, str, str]],
         sql = (f"SELECT DISTINCT t.rid FROM ix_reference a JOIN resources t ON "
                f"t.type = a.ref_type AND t.id = a.ref_id WHERE a.rid IN "
                f"({','.join('?' * len(rids))}) AND a.param IN ({','.join('?' * len(params))}) "
-               "AND a.url IS NULL AND t.deleted = 0")
+               "AND +a.url IS NULL AND t.deleted = 0")
         args: list[object] = [*rids, *params]
         if rule.target is not None:
             sql += " AND a.ref_type = ?"
@@ -407,6 +431,6 @@ def _follow(c: sqlite3.Connection, frontier: list[tuple[int, str, str]],
                 continue
             sql = (f"SELECT DISTINCT a.rid FROM ix_reference a WHERE a.param IN "
                    f"({','.join('?' * len(params))}) AND a.ref_id IN "
-                   f"({','.join('?' * len(ids))}) AND a.ref_type = ? AND a.url IS NULL")
+                   f"({','.join('?' * len(ids))}) AND a.ref_type = ? AND +a.url IS NULL")
             out.update(r[0] for r in c.execute(sql, [*params, *ids, type_]))
     return out
