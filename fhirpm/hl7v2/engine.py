@@ -213,6 +213,11 @@ class _Run:
         self.merges: list[tuple[str, str]] = []
         self.creates: set[str] = set()  # keys always created anew (the Provenance)
         self.late_refs: list[tuple[MappedResource, str, str]] = []  # datatype resources
+        h = msg.header
+        # an identifier without assigning authority is the sender's own: scope it so that
+        # conditional updates match exactly (never "any system with this value")
+        self.local_system = f"{OURS}:local:{quote(h.sending_application, safe='')}" + (
+            f":{quote(h.sending_facility, safe='')}" if h.sending_facility else "")
 
     # -- message level -----------------------------------------------------------------
 
@@ -419,6 +424,7 @@ class _Run:
         body = self._build(dmap, comps)
         if not body:
             return None
+        self._scope(body)
         type = dmap["resource"]
         identity = _identifier_identity(type, body) if dmap.get("identity") == "identifier" \
             else None
@@ -509,6 +515,7 @@ class _Run:
             if found is not None and path not in res.body:
                 _set(res.body, path, self._ref(found))
         for res in self.resources.values():
+            self._scope(res.body)
             if not res.full_url:
                 res.full_url = f"urn:uuid:{_uuid(res.key)}"
             if res.identity is None and res.key not in self.creates:
@@ -545,8 +552,14 @@ class _Run:
         candidates = sorted(self.keys.get(res.key, ()), key=lambda c: c[0])
         for _, value in candidates:
             if isinstance(value, dict) and value.get("value"):
-                return Identity(res.type, value.get("system"), value["value"])
+                return Identity(res.type, value.get("system") or self.local_system,
+                                value["value"])
         return None
+
+    def _scope(self, body: dict[str, Any]) -> None:
+        for ident in body.get("identifier") or ():
+            if isinstance(ident, dict) and ident.get("value") and not ident.get("system"):
+                ident["system"] = self.local_system
 
 
 # -- conditions, paths ---------------------------------------------------------------------

@@ -16,6 +16,7 @@ change makes the transaction fail and the message is retried rather than a write
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from fhirpm.storage.port import VersionConflict
 log = logging.getLogger("fhirpm.hl7v2")
 
 RETRIES = 3  # a transaction that lost a race (412/409) is rebuilt from fresh reads
+LOOKUP_CHUNK = 50  # identifiers OR-ed into one search
 
 # Where a Patient is referenced, by type: the search parameter an A40 merge moves.
 PATIENT_REFERENCES = {
@@ -167,9 +169,7 @@ class Inbound:
     async def transaction(self, mapped: Mapped) -> dict[str, Any]:
         """The transaction Bundle: every resource merged over its stored version."""
         entries: dict[str, dict[str, Any]] = {}
-        current: dict[str, dict[str, Any] | None] = {}
-        for res in mapped.resources:
-            current[res.key] = await self._current(res)
+        current = await self._current_all(mapped.resources)
         skip = await self._merge_patients(mapped, current, entries)
         dropped = {r.full_url for r in mapped.resources if r.key in skip}
         for res in mapped.resources:
@@ -195,26 +195,47 @@ class Inbound:
                        "ifMatch": f'W/"{stored["meta"]["versionId"]}"'}
         return {"fullUrl": res.full_url, "resource": body, "request": request}
 
-    async def _current(self, res: MappedResource) -> dict[str, Any] | None:
-        """The stored resource this one updates, read before the transaction."""
-        ident = res.identity
-        if ident is None:
-            return None
-        if ident.id is not None:
-            found = await self.ix.repo.store.read(ident.type, ident.id)
-            return None if found is None or found.deleted else jsonio.loads(found.body)
+    async def _current_all(self, resources: list[MappedResource]
+                           ) -> dict[str, dict[str, Any] | None]:
+        """The stored resource each one updates, read before the transaction: one search
+        per type (identifiers, or ids, OR-ed), not one per resource."""
+        by_type: dict[tuple[str, str], list[MappedResource]] = {}
+        for res in resources:
+            if res.identity is not None:
+                kind = "_id" if res.identity.id is not None else "identifier"
+                by_type.setdefault((res.identity.type, kind), []).append(res)
+        out: dict[str, dict[str, Any] | None] = {r.key: None for r in resources}
+        chunks = [(type_, kind, group[n:n + LOOKUP_CHUNK])
+                  for (type_, kind), group in by_type.items()
+                  for n in range(0, len(group), LOOKUP_CHUNK)]
+        # the searches are independent reads: run them side by side on the store's readers
+        results = await asyncio.gather(*(self._search(t, k, c) for t, k, c in chunks))
+        for (_, _, chunk), found in zip(chunks, results, strict=True):
+            for res in chunk:
+                hits = [f for f in found if _is(f, res)]
+                if len(hits) > 1:
+                    raise V2Error(Category.MULTIPLE_MATCHES, f"{res.identity.url} "
+                                  f"matches {len(hits)} resources", hl7_code="205")
+                out[res.key] = hits[0] if hits else None
+        return out
+
+    async def _search(self, type_: str, kind: str, chunk: list[MappedResource]
+                      ) -> list[dict[str, Any]]:
         from fhirpm.repository.conditional import find_matches
 
-        criteria = ident.url.partition("?")[2]
+        if kind == "_id":
+            values = sorted({r.identity.id or "" for r in chunk})
+        else:
+            values = sorted({r.identity.url.partition("=")[2] for r in chunk})
+        criteria = f"{kind}={','.join(values)}" if kind == "identifier" else \
+            f"_id={','.join(values)}"
         try:
-            matches = await find_matches(self.ix, ident.type, criteria, None)
+            found = await find_matches(self.ix, type_, criteria, None,
+                                       limit=3 * len(values) + 1)
         except NotImplementedError:
             raise FhirError(Category.NOT_SUPPORTED, "Conditional updates are not available "
                             "(search is not installed)") from None
-        if len(matches) > 1:
-            raise V2Error(Category.MULTIPLE_MATCHES, f"{ident.type}?{criteria} matches "
-                          f"{len(matches)} resources", hl7_code="205")
-        return jsonio.loads(matches[0].body) if matches else None
+        return [jsonio.loads(v.body) for v in found]
 
     # -- A40: patient merge -----------------------------------------------------------------
 
@@ -330,6 +351,19 @@ def _keep_equivalent(stored: Any, new: Any) -> Any:
             return new
         return stored if same else new
     return new
+
+
+def _is(stored: dict[str, Any], res: MappedResource) -> bool:
+    """Whether a stored resource is the one `res` identifies (its id, or an identifier
+    with the same system and value)."""
+    ident = res.identity
+    if ident is None:
+        return False
+    if ident.id is not None:
+        return stored.get("id") == ident.id
+    return any(i.get("value") == ident.value and (ident.system is None
+                                                 or i.get("system") == ident.system)
+               for i in stored.get("identifier") or () if isinstance(i, dict))
 
 
 def _links_to(patient: dict[str, Any], other_id: str) -> bool:

@@ -2,9 +2,12 @@
 its acknowledgements and the resources it produced, in the store's Document API.
 
 Key scheme (documents are listed by key prefix, so each listing is an index):
-  hl7v2.messages  <received UTC, sortable>-<random>     the record (listing by date)
+  hl7v2.messages  <received UTC, sortable>-<random>     the record (listing by date; sender,
+                                                         type and status filter the listing)
   hl7v2.dedup     <MSH-3>|<MSH-4>|<MSH-10>               -> message id (expires after N days)
-  hl7v2.index     sender|<MSH-3>|<id>, type|<ADT^A08>|<id>, patient|<Type/id>|<id>
+  hl7v2.index     patient|<Patient/id>|<id>              messages that wrote a patient
+Each document write is a store round trip on the ingest path, so only the patient (known
+after processing, and unbounded in time) has an index of its own.
 Status: received -> processed | error | rejected. A record left at `received` was cut off
 between receipt and acknowledgement (crash): its resend is processed, not answered from
 the log. The record and its index entries are separate documents; the record is written
@@ -93,8 +96,6 @@ class MessageLog:
         if key is not None:
             await self.store.doc_put(DEDUP, key, msg.id.encode(), expected_rev=0,
                                      expires_at=int(time.time()) + self.dedup_seconds)
-        for entry in self._index_keys(msg):
-            await self.store.doc_put(INDEX, entry, b"")
         return msg
 
     async def duplicate_of(self, header: Header) -> LoggedMessage | None:
@@ -110,41 +111,29 @@ class MessageLog:
 
     async def save(self, msg: LoggedMessage) -> None:
         """Write a status change (compare-and-swap on the record's rev)."""
-        had_patient = msg.patient
         msg.rev = await self.store.doc_put(MESSAGES, msg.id, msg.to_json(),
                                            expected_rev=msg.rev)
-        if had_patient:
+        if msg.patient:
             await self.store.doc_put(INDEX, f"patient|{msg.patient}|{msg.id}", b"")
 
     async def list(self, *, sender: str | None = None, type: str | None = None,
                    patient: str | None = None, date: str | None = None,
                    status: str | None = None, limit: int = 100) -> list[LoggedMessage]:
-        """Messages by sender (MSH-3), type (ADT^A08), patient (Patient/id) or date prefix
-        (2024-01-02 or 2024-01), newest last; `status` filters the result."""
-        if sender or type or patient:
-            prefix = (f"sender|{sender}|" if sender else f"type|{type}|" if type
-                      else f"patient|{patient}|")
+        """Messages by patient (Patient/id, indexed), date prefix (2024-01-02 or 2024-01),
+        sender (MSH-3), type (ADT^A08) and status, oldest first, the last `limit`."""
+        if patient:
             ids = [d.key.rsplit("|", 1)[1] for d in
-                   await self.store.doc_list(INDEX, prefix, limit=100_000)]
+                   await self.store.doc_list(INDEX, f"patient|{patient}|", limit=100_000)]
             if date:
                 ids = [i for i in ids if i.startswith(date.replace("-", ""))]
             found = [m for m in [await self.get(i) for i in sorted(ids)] if m]
         else:
             prefix = (date or "").replace("-", "")
-            docs = await self.store.doc_list(MESSAGES, prefix, limit=100_000)
+            docs = await self.store.doc_list(MESSAGES, prefix, limit=1_000_000)
             found = [LoggedMessage.from_doc(d.body, d.rev) for d in docs]
-        if status:
-            found = [m for m in found if m.status == status]
+        found = [m for m in found if (not sender or m.sender == sender)
+                 and (not type or m.type == type) and (not status or m.status == status)]
         return found[-limit:] if limit else found
-
-    @staticmethod
-    def _index_keys(msg: LoggedMessage) -> list[str]:
-        out = []
-        if msg.sender:
-            out.append(f"sender|{msg.sender}|{msg.id}")
-        if msg.type:
-            out.append(f"type|{msg.type}|{msg.id}")
-        return out
 
 
 def summary(msg: LoggedMessage) -> dict[str, Any]:
