@@ -7,7 +7,11 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
+from fhirpm.errors import Category, FhirError
+from fhirpm.operations.registry import OperationSpec, register
+from fhirpm.repository.interactions import FhirRequest, FhirResponse, Interactions
 from tests.conftest import BASE, FHIR_JSON
 
 DIV = '<div xmlns="http://www.w3.org/1999/xhtml">see urn:uuid:pat</div>'
@@ -227,6 +231,37 @@ async def test_batch_entries_succeed_and_fail_independently(client: httpx.AsyncC
     assert failed["resourceType"] == "OperationOutcome"
     assert "Patient.gender" in failed["issue"][0]["expression"]
     assert await count(client, "Patient") == 2
+
+
+async def test_a_batch_entry_failing_after_a_write_leaves_no_trace(
+        client: httpx.AsyncClient, app: FastAPI) -> None:
+    """Batch writes share a unit of work; an entry that fails after writing must still
+    fail alone: its write disappears, the other entries' writes stay."""
+
+    async def write_then_fail(ix: Interactions, req: FhirRequest, type: str | None,
+                              id: str | None) -> FhirResponse:
+        async with ix.repo.unit(req.uow) as unit:  # the handlers' pattern: one unit
+            await ix.repo.create("Patient", {"resourceType": "Patient", "gender": "other"},
+                                 uow=unit)
+            raise FhirError(Category.BUSINESS_RULE, "changed my mind")
+
+    register(app.state.interactions, OperationSpec(
+        "write-then-fail", "http://example.org/OperationDefinition/x", write_then_fail,
+        type=True, affects_state=True))
+    r = await send(client, tx(post(PATIENT), {"resource": PATIENT, "request": {
+        "method": "POST", "url": "Patient/$write-then-fail"}}, post(PATIENT), kind="batch"))
+    statuses = [e["response"]["status"][:3] for e in r.json()["entry"]]
+    assert statuses == ["201", "422", "201"]
+    stored = (await client.get("Patient/_history")).json()
+    assert stored["total"] == 2
+    assert {e["resource"]["gender"] for e in stored["entry"]} == {"male"}
+
+
+async def test_batch_writes_run_before_reads(client: httpx.AsyncClient) -> None:
+    r = await send(client, tx(call("GET", "Patient/early"),
+                              put({**PATIENT, "id": "early"}, "Patient/early"), kind="batch"))
+    statuses = [e["response"]["status"] for e in r.json()["entry"]]
+    assert statuses == ["200 OK", "201 Created"]  # the spec's order: writes, then reads
 
 
 async def test_batch_does_not_rewrite_references(client: httpx.AsyncClient) -> None:
