@@ -61,6 +61,7 @@ class Entry:
     headers: dict[str, str]
     resource: Any
     full_url: str | None
+    base: str = ""  # the server's base URL, as the client sees it
     assigned_id: str | None = None
 
     @property
@@ -167,7 +168,7 @@ def _parse_entry(n: int, item: Any, base: str) -> Entry:
     full_url = item.get("fullUrl")
     if full_url is not None and (not isinstance(full_url, str) or not full_url):
         raise _invalid("fullUrl must be a non-empty string", f"{at}.fullUrl")
-    return Entry(n, method, path, params, _headers(request, at), resource, full_url)
+    return Entry(n, method, path, params, _headers(request, at), resource, full_url, base)
 
 
 def _split_url(url: Any, base: str, at: str) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -414,7 +415,7 @@ async def _find(ix: Interactions, e: Entry, type: str, criteria: str,
             Category.NOT_SUPPORTED, "Conditional matching needs search, which is not "
             "available")) from None
     try:
-        return list(await find_matches(ix, type, criteria, uow))
+        return list(await find_matches(ix, type, criteria, uow, base=e.base))
     except FhirError as err:
         raise entry_failure(e, err) from None
 

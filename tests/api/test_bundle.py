@@ -303,3 +303,97 @@ async def test_malformed_json_is_400(client: httpx.AsyncClient) -> None:
     r = await client.post("", content=b'{"resourceType": "Bundle", ', headers=FHIR_JSON)
     assert r.status_code == 400
     assert r.json()["resourceType"] == "OperationOutcome"
+
+
+# -- conditional references, creates and updates ------------------------------------------
+
+MRN = {"system": "urn:mrn", "value": "7"}
+
+
+async def _patient_with_mrn(client: httpx.AsyncClient, value: str = "7") -> str:
+    body = {**PATIENT, "identifier": [{"system": "urn:mrn", "value": value}]}
+    r = await client.post("Patient", json=body, headers=FHIR_JSON)
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def _observation(subject: str) -> dict[str, Any]:
+    return {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": subject}}
+
+
+async def test_conditional_references_resolve_to_the_match(client: httpx.AsyncClient) -> None:
+    pid = await _patient_with_mrn(client)
+    r = await send(client, tx(post(_observation("Patient?identifier=urn:mrn|7"))))
+    assert r.status_code == 200, r.text
+    stored = (await client.get(local(r.json()["entry"][0]))).json()
+    assert stored["subject"]["reference"] == f"Patient/{pid}"
+
+
+@pytest.mark.parametrize(("count", "status"), [(0, 404), (2, 412)])
+async def test_conditional_reference_without_exactly_one_match_fails_all(
+        client: httpx.AsyncClient, count: int, status: int) -> None:
+    for _ in range(count):
+        await _patient_with_mrn(client)
+    r = await send(client, tx(post(PATIENT),
+                              post(_observation("Patient?identifier=urn:mrn|7"))))
+    assert r.status_code == status, r.text
+    assert "Bundle.entry[1]" in r.json()["issue"][0]["diagnostics"]
+    assert await count_of(client, "Observation") == 0
+    assert await count_of(client, "Patient") == count
+
+
+async def count_of(client: httpx.AsyncClient, type: str) -> int:
+    """How many `type` resources exist now (a search count, not versions)."""
+    r = await client.get(f"{type}?_summary=count")
+    assert r.status_code == 200, r.text
+    return r.json()["total"]
+
+
+async def test_conditional_create_in_a_transaction_links_to_the_match(
+        client: httpx.AsyncClient) -> None:
+    pid = await _patient_with_mrn(client)
+    body = {**PATIENT, "identifier": [MRN]}
+    r = await send(client, tx(post(body, "urn:uuid:p", ifNoneExist="identifier=urn:mrn|7"),
+                              post(_observation("urn:uuid:p"))))
+    assert r.status_code == 200, r.text
+    first, second = r.json()["entry"]
+    assert first["response"]["status"] == "200 OK"
+    assert (await client.get(local(second))).json()["subject"]["reference"] == f"Patient/{pid}"
+    assert await count_of(client, "Patient") == 1
+
+
+async def test_conditional_create_without_match_creates_and_links(
+        client: httpx.AsyncClient) -> None:
+    body = {**PATIENT, "identifier": [MRN]}
+    r = await send(client, tx(post(body, "urn:uuid:p", ifNoneExist="identifier=urn:mrn|7"),
+                              post(_observation("urn:uuid:p"))))
+    first, second = r.json()["entry"]
+    assert first["response"]["status"] == "201 Created"
+    assert (await client.get(local(second))).json()["subject"]["reference"] == local(first)
+
+
+@pytest.mark.parametrize("exists", [True, False])
+async def test_conditional_put_with_placeholder_full_url(client: httpx.AsyncClient,
+                                                         exists: bool) -> None:
+    pid = await _patient_with_mrn(client) if exists else None
+    body = {**PATIENT, "identifier": [MRN], "gender": "female"}
+    r = await send(client, tx(put(body, "Patient?identifier=urn:mrn|7", "urn:uuid:p"),
+                              post(_observation("urn:uuid:p"))))
+    assert r.status_code == 200, r.text
+    first, second = r.json()["entry"]
+    assert first["response"]["status"] == ("200 OK" if exists else "201 Created")
+    target = local(first)
+    if exists:
+        assert target == f"Patient/{pid}"
+    assert (await client.get(target)).json()["gender"] == "female"
+    assert (await client.get(local(second))).json()["subject"]["reference"] == target
+    assert await count_of(client, "Patient") == 1
+
+
+async def test_batch_conditional_creates_match(client: httpx.AsyncClient) -> None:
+    await _patient_with_mrn(client)
+    body = {**PATIENT, "identifier": [MRN]}
+    r = await send(client, tx(post(body, ifNoneExist="identifier=urn:mrn|7"),
+                              post(body, ifNoneExist="identifier=urn:mrn|8"), kind="batch"))
+    assert [e["response"]["status"] for e in r.json()["entry"]] == ["200 OK", "201 Created"]
