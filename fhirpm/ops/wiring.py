@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from fhirpm import __version__
+from fhirpm.auth.discovery import MOUNT as AUTH_MOUNT  # where the auth server is mounted
 from fhirpm.config import Settings
 from fhirpm.ops import context
 from fhirpm.ops.cors import CorsPolicy, client_origins
@@ -35,7 +36,6 @@ from fhirpm.storage.port import ResourceStore
 
 log = logging.getLogger("fhirpm.ops")
 
-AUTH_MOUNT = "/auth"  # where fhirpm.auth.routes mounts the authorization server
 HEALTH_DOC = ("ops.health", "readiness")  # the document the store check reads
 
 
