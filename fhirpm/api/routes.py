@@ -53,14 +53,21 @@ class FhirEndpoint:
     async def _fhir_request(self, request: Request) -> FhirRequest:
         method = request.method
         body = None
-        path = request.url.path[len(self.mount):].strip("/")
+        scope = request.scope
+        # the scope's own path and raw header list: building request.url (urlsplit) and a
+        # Headers lookup per name cost more than the store read of a GET by id
+        path = scope["path"][len(self.mount):].strip("/")
         if method in _BODY_METHODS:
             if not path.endswith("_search"):  # search checks its form body itself
                 check_request_media_type(request.headers.get("content-type"), method)
             body = await self._read_body(request)
-        headers = {h: request.headers[h] for h in _FORWARDED_HEADERS if h in request.headers}
-        return FhirRequest(method=method, path=path, base=self.base_url,
-                           params=tuple(request.query_params.multi_items()),
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope["headers"]:  # ASGI: names are lower-case bytes
+            name = raw_name.decode("latin-1")
+            if name in _FORWARDED_HEADERS and name not in headers:
+                headers[name] = raw_value.decode("latin-1")
+        params = tuple(request.query_params.multi_items()) if scope["query_string"] else ()
+        return FhirRequest(method=method, path=path, base=self.base_url, params=params,
                            headers=headers, body=body)
 
     async def _read_body(self, request: Request) -> bytes:
