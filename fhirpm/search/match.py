@@ -67,18 +67,21 @@ class MemoryIndex:
     def __init__(self) -> None:
         self.docs: dict[Key, Doc] = {}
         self._ordinals: dict[Key, int] = {}
+        self._incoming: dict[Key, list[Doc]] | None = None
 
     def put(self, type: str, id: str, entries: Iterable[IndexEntry],
             resource: Any = None) -> None:
         key = (type, id)
         ordinal = self._ordinals.setdefault(key, len(self._ordinals))
         doc = Doc(type, id, ordinal, resource=resource)
+        self._incoming = None
         for entry in entries:
             doc.values.setdefault(entry.param, []).append(entry.value)
         self.docs[key] = doc
 
     def delete(self, type: str, id: str) -> None:
         self.docs.pop((type, id), None)
+        self._incoming = None
 
     def search(self, query: SearchQuery) -> tuple[list[Key], list[Key]]:
         """(matches in order, included resources in creation order)."""
@@ -110,9 +113,20 @@ class MemoryIndex:
                 return any(self._chain_holds(ref, targets)
                            for ref in doc.values.get(code, ()) if isinstance(ref, ReferenceValue))
             case Has(type=type_, code=code, clause=inner):
-                return any(self.holds(inner, other) for other in self.docs.values()
+                return any(self.holds(inner, other) for other in self._referring(doc)
                            if other.type == type_ and _points_at(other, code, doc))
         raise TypeError(f"unknown clause {clause!r}")
+
+    def _referring(self, target: Doc) -> list[Doc]:
+        """Docs holding a local reference to `target` (a map rebuilt after each change)."""
+        if self._incoming is None:
+            self._incoming = {}
+            for doc in self.docs.values():
+                for values in doc.values.values():
+                    for v in values:
+                        if isinstance(v, ReferenceValue) and v.url is None and v.id:
+                            self._incoming.setdefault((v.type or "", v.id), []).append(doc)
+        return self._incoming.get((target.type, target.id), [])
 
     def _chain_holds(self, ref: ReferenceValue, targets: Sequence[tuple[str, Clause]]) -> bool:
         if ref.url is not None or ref.id is None:
