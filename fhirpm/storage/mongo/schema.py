@@ -8,7 +8,8 @@ Collections (one database, named in the URL path, default `fhirpm`):
   JSON as BSON binary (never re-encoded: decimals such as `72.50` survive byte for byte);
   `ix` holds the search index values as typed arrays, one per value kind
   (`ix.tok: [{p: "identifier", s: system, c: code}, ...]`), so one generic compound index
-  per kind serves every parameter of that kind, custom SearchParameters included.
+  per kind serves every parameter of that kind, custom SearchParameters included. Local
+  references also carry `k: "param|Type/id"`, the join key of `_has` and `_revinclude`.
 - `history`: every version ever committed, immutable, `{_id: seq, t, i, v, lu, m, body}`;
   `_id` is the change-log sequence number (see `unit` for why it is commit ordered).
 - `unique_keys` (`{_id: key, t, i}`): conditional-create match keys, claimed atomically.
@@ -105,13 +106,27 @@ def index_document(entries: Sequence[IndexEntry]) -> dict[str, list[dict[str, An
             field = getattr(value, attribute)
             if field is not None:
                 item[stored] = field
-        if isinstance(value, ReferenceValue) and value.identifier is not None:
-            if value.identifier.system is not None:
-                item["is"] = value.identifier.system
-            if value.identifier.code is not None:
-                item["iv"] = value.identifier.code
+        if isinstance(value, ReferenceValue):
+            _reference_extras(entry.param, value, item)
         out.setdefault(kind, []).append(item)
     return out
+
+
+def local_key(param: str, type: str, id: str) -> str:
+    """`k` of a local reference: one indexed string for "param points at Type/id", which
+    `_has` and `_revinclude` join on (ids and type names never contain `|` or `/`)."""
+    return f"{param}|{type}/{id}"
+
+
+def _reference_extras(param: str, value: ReferenceValue, item: dict[str, Any]) -> None:
+    if value.url is None and value.type is not None and value.id is not None:
+        item["k"] = local_key(param, value.type, value.id)
+    if value.identifier is not None:
+        item["ih"] = True
+        if value.identifier.system is not None:
+            item["is"] = value.identifier.system
+        if value.identifier.code is not None:
+            item["iv"] = value.identifier.code
 
 
 def index_entries(ix: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[IndexEntry]:
@@ -121,7 +136,7 @@ def index_entries(ix: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[IndexEn
         cls, fields = KINDS[kind]
         for item in items:
             kwargs = {attribute: item.get(stored) for attribute, stored in fields}
-            if cls is ReferenceValue and ("is" in item or "iv" in item):
+            if cls is ReferenceValue and item.get("ih"):
                 kwargs["identifier"] = TokenValue(item.get("is"), item.get("iv"))
             entries.append(IndexEntry(item["p"], cls(**kwargs)))
     return entries
@@ -174,6 +189,7 @@ RESOURCE_INDEXES: list[tuple[list[tuple[str, int]], dict[str, Any]]] = [
     (_ix("ref", "i", "t"), {"name": "ix_ref_target"}),
     (_ix("ref", "u"), {"name": "ix_ref_url"}),
     (_ix("ref", "iv", "is"), {"name": "ix_ref_identifier"}),
+    ([("ix.ref.k", 1)], {"name": "ix_ref_key"}),
     (_ix("date", "lo"), {"name": "ix_date_lo"}),
     (_ix("date", "hi"), {"name": "ix_date_hi"}),
     (_ix("num", "v"), {"name": "ix_num"}),
