@@ -35,8 +35,7 @@ class Deadlines:
         if task is None:
             return
         self._running[request] = (task, self.clock() + self.limit)
-        sweeper = self._sweeper
-        if sweeper is None or sweeper.done() or sweeper.get_loop() is not task.get_loop():
+        if self._sweeper is None:  # it clears this itself when it stops
             self._sweeper = task.get_loop().create_task(self._sweep(), name="fhirpm-deadlines")
 
     def stop(self, request: Limited) -> None:
@@ -45,17 +44,21 @@ class Deadlines:
 
     async def close(self) -> None:
         sweeper, self._sweeper = self._sweeper, None
+        self._running.clear()
         if sweeper is not None and not sweeper.done():
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
 
     async def _sweep(self) -> None:
-        while self._running:
-            await asyncio.sleep(self.interval)
-            now = self.clock()
-            for request, (task, deadline) in list(self._running.items()):
-                if deadline <= now:
-                    del self._running[request]
-                    request.timed_out = True
-                    task.cancel()
+        try:
+            while self._running:
+                await asyncio.sleep(self.interval)
+                now = self.clock()
+                for request, (task, deadline) in list(self._running.items()):
+                    if deadline <= now:
+                        del self._running[request]
+                        request.timed_out = True
+                        task.cancel()
+        finally:
+            self._sweeper = None

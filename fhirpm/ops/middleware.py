@@ -130,7 +130,7 @@ class EdgeMiddleware:
                             f"(request {exchange.request_id})")
             await error_response(err)(scope, receive, send_wrapper)
         finally:
-            if deadlines is not None:
+            if deadlines is not None and not answer.started:
                 deadlines.stop(exchange)
         if exchange.timed_out and not answer.started:
             await self._timed_out(scope, receive, send_wrapper, exchange)
