@@ -107,10 +107,9 @@ def bench_map(messages: list[bytes]) -> None:
 
 async def bench_store(messages: list[bytes], label: str) -> None:
     from fhirpm.app import build_interactions
-    from fhirpm.config import Settings
+    from fhirpm.config import Hl7Settings, Settings
     from fhirpm.hl7v2.bridge import Bridge
     from fhirpm.hl7v2.mllp import MllpClient
-    from fhirpm.hl7v2.settings import Hl7Settings
     from fhirpm.repository.conditional import find_matches
     from fhirpm.repository.interactions import FhirRequest
     from fhirpm.storage.factory import store_from_settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fhirpm.config import Settings
 
@@ -99,6 +99,12 @@ def _server_indexer(settings: Settings, store: ResourceStore) -> Indexer:
     return build_interactions(settings, store).repo.indexer
 
 
+def _interactions(settings: Settings, store: Any) -> Any:
+    from fhirpm.app import build_interactions
+
+    return build_interactions(settings, store)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fhirpm", description="FHIR R4 practice server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -134,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     auth_admin.install(sub, _settings)
     from fhirpm.hl7v2 import cli as hl7_cli  # hl7 send | listen | replay | messages
 
-    hl7_cli.install(sub, _settings)
+    hl7_cli.install(sub, _settings, _interactions)
     return parser
 
 

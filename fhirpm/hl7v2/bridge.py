@@ -8,12 +8,12 @@ import ssl
 from collections.abc import Awaitable, Callable
 
 from fhirpm.changes import ChangeFeed
+from fhirpm.config import Hl7Settings
 from fhirpm.errors import Category
 from fhirpm.hl7v2 import ack
 from fhirpm.hl7v2.inbound import Inbound
 from fhirpm.hl7v2.mllp import MllpServer
 from fhirpm.hl7v2.parser import V2Error
-from fhirpm.hl7v2.settings import Hl7Settings
 from fhirpm.repository.interactions import Interactions
 
 

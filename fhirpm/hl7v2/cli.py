@@ -11,9 +11,13 @@ from pathlib import Path
 from typing import Any
 
 SettingsFor = Callable[[argparse.Namespace], Any]
+# (settings, store) -> Interactions: handed in by fhirpm.cli, since the app wiring sits
+# above this package (tests/unit/test_layers.py)
+InteractionsFor = Callable[[Any, Any], Any]
 
 
-def install(sub: argparse._SubParsersAction, settings_for: SettingsFor) -> None:
+def install(sub: argparse._SubParsersAction, settings_for: SettingsFor,
+            interactions_for: InteractionsFor) -> None:
     hl7 = sub.add_parser("hl7", help="HL7 v2 over MLLP: send, listen, replay, messages")
     hsub = hl7.add_subparsers(dest="hl7_command", required=True)
 
@@ -32,7 +36,8 @@ def install(sub: argparse._SubParsersAction, settings_for: SettingsFor) -> None:
     listen.add_argument("--echo", action="store_true",
                         help="store nothing: print each message and answer AA (a test "
                              "receiver for fhirpm's outbound messages)")
-    listen.set_defaults(func=lambda a: _run_forever(_listen(a, settings_for(a))))
+    listen.set_defaults(func=lambda a: _run_forever(_listen(a, settings_for(a),
+                                                            interactions_for)))
 
     replay = hsub.add_parser("replay", help="process logged messages again")
     replay.add_argument("--id", action="append", help="a message id (repeatable)")
@@ -41,7 +46,8 @@ def install(sub: argparse._SubParsersAction, settings_for: SettingsFor) -> None:
     replay.add_argument("--sender", help="MSH-3")
     replay.add_argument("--date", help="YYYY-MM-DD (or a prefix)")
     replay.add_argument("--store-url", dest="store_url")
-    replay.set_defaults(func=lambda a: asyncio.run(_replay(a, settings_for(a))))
+    replay.set_defaults(func=lambda a: asyncio.run(_replay(a, settings_for(a),
+                                                           interactions_for)))
 
     messages = hsub.add_parser("messages", help="list the message log (JSON lines)")
     messages.add_argument("--sender")
@@ -51,7 +57,8 @@ def install(sub: argparse._SubParsersAction, settings_for: SettingsFor) -> None:
     messages.add_argument("--status")
     messages.add_argument("--limit", type=int, default=100)
     messages.add_argument("--store-url", dest="store_url")
-    messages.set_defaults(func=lambda a: asyncio.run(_messages(a, settings_for(a))))
+    messages.set_defaults(func=lambda a: asyncio.run(_messages(a, settings_for(a),
+                                                               interactions_for)))
 
 
 async def _send(args: argparse.Namespace) -> int:
@@ -92,7 +99,8 @@ def _run_forever(coro: Any) -> int:
     return 0
 
 
-async def _listen(args: argparse.Namespace, settings: Any) -> None:
+async def _listen(args: argparse.Namespace, settings: Any,
+                  interactions_for: InteractionsFor) -> None:
     from fhirpm.hl7v2 import ack, parser
     from fhirpm.hl7v2.mllp import MllpServer
 
@@ -112,13 +120,12 @@ async def _listen(args: argparse.Namespace, settings: Any) -> None:
         print(f"echo receiver on {hl7.host}:{server.port}", flush=True)
         await asyncio.Event().wait()
         return
-    from fhirpm.app import build_interactions
     from fhirpm.hl7v2.bridge import Bridge
     from fhirpm.storage.factory import store_from_settings
 
     store = store_from_settings(settings)
     await store.open()
-    bridge = Bridge(build_interactions(settings, store), hl7, settings.fhir_base)
+    bridge = Bridge(interactions_for(settings, store), hl7, settings.fhir_base)
     await bridge.start()
     print(f"MLLP listener on {hl7.host}:{bridge.server.port}, store {settings.store_url}",
           flush=True)
@@ -129,18 +136,18 @@ async def _listen(args: argparse.Namespace, settings: Any) -> None:
         await store.close()
 
 
-async def _open(settings: Any) -> tuple[Any, Any]:
-    from fhirpm.app import build_interactions
+async def _open(settings: Any, interactions_for: InteractionsFor) -> tuple[Any, Any]:
     from fhirpm.hl7v2.inbound import Inbound
     from fhirpm.storage.factory import store_from_settings
 
     store = store_from_settings(settings)
     await store.open()
-    return store, Inbound(build_interactions(settings, store), settings.hl7, settings.fhir_base)
+    return store, Inbound(interactions_for(settings, store), settings.hl7, settings.fhir_base)
 
 
-async def _replay(args: argparse.Namespace, settings: Any) -> int:
-    store, inbound = await _open(settings)
+async def _replay(args: argparse.Namespace, settings: Any,
+                  interactions_for: InteractionsFor) -> int:
+    store, inbound = await _open(settings, interactions_for)
     try:
         if args.id:
             records = [r for r in [await inbound.log.get(i) for i in args.id] if r]
@@ -161,10 +168,11 @@ async def _replay(args: argparse.Namespace, settings: Any) -> int:
         await store.close()
 
 
-async def _messages(args: argparse.Namespace, settings: Any) -> int:
+async def _messages(args: argparse.Namespace, settings: Any,
+                    interactions_for: InteractionsFor) -> int:
     from fhirpm.hl7v2.messages import summary
 
-    store, inbound = await _open(settings)
+    store, inbound = await _open(settings, interactions_for)
     try:
         for record in await inbound.log.list(sender=args.sender, type=args.type,
                                              patient=args.patient, date=args.date,

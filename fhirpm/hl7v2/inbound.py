@@ -22,13 +22,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fhirpm.config import Hl7Settings
 from fhirpm.errors import Category, FhirError
 from fhirpm.fhir import jsonio
 from fhirpm.hl7v2 import ack, parser
 from fhirpm.hl7v2.engine import Engine, Mapped, MappedResource, MappingSet, Options
 from fhirpm.hl7v2.messages import FINAL, LoggedMessage, MessageLog
 from fhirpm.hl7v2.parser import Header, Message, V2Error
-from fhirpm.hl7v2.settings import Hl7Settings
 from fhirpm.repository.interactions import FhirRequest, Interactions
 from fhirpm.repository.service import now_instant
 from fhirpm.storage.port import VersionConflict

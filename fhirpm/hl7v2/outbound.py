@@ -28,10 +28,10 @@ from typing import Any
 import orjson
 
 from fhirpm.changes import ChangeFeed
+from fhirpm.config import Destination, Hl7Settings
 from fhirpm.fhir import jsonio
 from fhirpm.hl7v2 import ack, writer
 from fhirpm.hl7v2.mllp import MllpClient
-from fhirpm.hl7v2.settings import Destination, Hl7Settings
 from fhirpm.storage.port import ResourceStore, ResourceVersion, VersionConflict
 
 log = logging.getLogger("fhirpm.hl7v2.outbound")

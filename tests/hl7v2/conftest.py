@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from fhirpm.app import build_interactions
-from fhirpm.config import Settings
+from fhirpm.config import Hl7Settings, SenderSettings, Settings
 from fhirpm.hl7v2.inbound import Inbound
-from fhirpm.hl7v2.settings import Hl7Settings, SenderSettings
 from fhirpm.repository.interactions import Interactions
 from fhirpm.storage.factory import store_from_settings
 from tests.conftest import BASE

@@ -8,10 +8,9 @@ from pathlib import Path
 
 from fhirpm.app import create_app
 from fhirpm.cli import main
-from fhirpm.config import Settings
+from fhirpm.config import Hl7Settings, Settings
 from fhirpm.hl7v2 import ack
 from fhirpm.hl7v2.mllp import MllpClient
-from fhirpm.hl7v2.settings import Hl7Settings
 from tests.hl7v2.samples import adt
 
 

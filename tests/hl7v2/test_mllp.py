@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from fhirpm.config import Hl7Settings
 from fhirpm.hl7v2 import ack, parser
 from fhirpm.hl7v2.bridge import Bridge
 from fhirpm.hl7v2.mllp import MllpClient, frame
-from fhirpm.hl7v2.settings import Hl7Settings
 from fhirpm.repository.interactions import Interactions
 from tests.conftest import BASE, shared_path
 from tests.hl7v2.samples import adt

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
+from fhirpm.config import Destination, Hl7Settings
 from fhirpm.fhir import jsonio
 from fhirpm.hl7v2 import ack, parser
 from fhirpm.hl7v2.inbound import Inbound
 from fhirpm.hl7v2.mllp import MllpClient, MllpServer
 from fhirpm.hl7v2.outbound import CONSUMER, DEAD, SENT, Outbound
-from fhirpm.hl7v2.settings import Destination, Hl7Settings
 from fhirpm.repository.interactions import FhirRequest, Interactions
 from fhirpm.storage.port import HistoryQuery
 from tests.conftest import BASE
