@@ -1,0 +1,130 @@
+"""Read-by-id over real HTTP: fhirpm vs the framework floor (bench.floor_app), same run.
+
+Seeds Patients into a fresh store through fhirpm, then starts the floor beside it: a bare
+Starlette route returning the same stored bytes and headers under the same uvicorn options,
+reading the same file. The same keep-alive client then measures `GET /fhir/Patient/{id}` on
+the two servers in alternating short slices (an idle server costs nothing), so both see
+the same machine: on a shared or busy machine the per-slice ratios stay comparable while the
+absolute figures wander. Prints median throughput, pooled p50/p99 latency and the median of
+the per-slice ratios (target: fhirpm >= 0.6 of the floor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from bench import data
+from bench.loadgen import RunResult, new_loop_runner, run
+from bench.server import ServerProcess, free_port
+
+DESCRIPTION = "read-by-id throughput and p50/p99 vs a bare Starlette route (framework floor)"
+TARGET = 0.6
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench read", description=DESCRIPTION)
+    p.add_argument("--resources", type=int, default=500, help="Patients to seed (500)")
+    p.add_argument("--connections", type=int, default=16, help="keep-alive connections (16)")
+    p.add_argument("--slices", type=int, default=8, help="alternating slices per server (8)")
+    p.add_argument("--slice", type=float, default=1.0, help="seconds per slice (1)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up each (1)")
+    p.add_argument("--max-requests", type=int, default=2_000_000)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    with tempfile.TemporaryDirectory(prefix="fhirpm-bench-read-") as tmp:
+        work = Path(tmp)
+        db = work / "read.db"
+        ids = [f"bench-{n}" for n in range(args.resources)]
+        with ServerProcess.fhirpm(f"sqlite:///{db}", work / "fhirpm.log") as fhirpm:
+            seed(fhirpm.port, data.sample_patient(), ids)
+            port = free_port()
+            with ServerProcess([sys.executable, "-m", "bench.floor_app", "--port", str(port),
+                                "--db", str(db)], port, work / "floor.log",
+                               ready_path="/fhir/none/none") as floor:
+                sample = fetch(fhirpm.port, ids[0])
+                if fetch(floor.port, ids[0]) != sample:
+                    raise SystemExit("floor and fhirpm serve different bytes; not comparable")
+                ours, theirs = alternate(fhirpm.port, floor.port, ids, args)
+        report(args, len(sample), ours, theirs)
+    return 0
+
+
+def alternate(ours: int, floor: int, ids: list[str],
+              args: argparse.Namespace) -> tuple[list[RunResult], list[RunResult]]:
+    """Measure the two servers in alternating slices (ABBA order), after a warm-up each."""
+    measure(ours, ids, args.warmup, args)
+    measure(floor, ids, args.warmup, args)
+    mine: list[RunResult] = []
+    base: list[RunResult] = []
+    for n in range(args.slices):
+        pair = ((ours, mine), (floor, base)) if n % 2 == 0 else ((floor, base), (ours, mine))
+        for port, results in pair:
+            results.append(measure(port, ids, args.slice, args))
+    return mine, base
+
+
+def seed(port: int, patient: dict, ids: list[str]) -> None:
+    bodies = [json.dumps({**patient, "id": rid}).encode() for rid in ids]
+    with new_loop_runner() as runner:
+        result = runner.run(run("127.0.0.1", port, lambda n: ("PUT", f"/fhir/Patient/{ids[n]}",
+                                                            bodies[n]),
+                                connections=4, duration=600, max_requests=len(ids),
+                                headers={"Content-Type": "application/fhir+json"}))
+    if result.errors or result.requests != len(ids):
+        raise SystemExit(f"seeding failed: {result.statuses}")
+
+
+def fetch(port: int, rid: str) -> bytes:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", f"/fhir/Patient/{rid}")
+        return conn.getresponse().read()
+    finally:
+        conn.close()
+
+
+def measure(port: int, ids: list[str], seconds: float, args: argparse.Namespace) -> RunResult:
+    def request(n: int) -> tuple[str, str, None]:
+        return "GET", f"/fhir/Patient/{ids[n % len(ids)]}", None
+
+    with new_loop_runner() as runner:
+        result = runner.run(run("127.0.0.1", port, request, connections=args.connections,
+                                duration=seconds, max_requests=args.max_requests))
+    if result.errors:
+        raise SystemExit(f"errors during the read benchmark: {result.statuses}")
+    return result
+
+
+def pooled(runs: list[RunResult]) -> RunResult:
+    out = RunResult(requests=sum(r.requests for r in runs), seconds=sum(r.seconds for r in runs))
+    for r in runs:
+        out.latencies.extend(r.latencies)
+    return out
+
+
+def report(args: argparse.Namespace, size: int, ours: list[RunResult],
+           floor: list[RunResult]) -> None:
+    ratios = [a.rate / b.rate for a, b in zip(ours, floor, strict=True) if b.rate]
+    ratio = statistics.median(ratios)
+    print(f"## read: GET /fhir/Patient/{{id}} over HTTP, {args.resources} Patients of "
+          f"{size} bytes, {args.connections} connections, {args.slices} alternating slices "
+          f"of {args.slice:g} s per server")
+    print(f"  {'':<24}{'req/s (median)':>15}{'p50 ms':>9}{'p99 ms':>9}")
+    for name, runs in (("fhirpm", ours), ("floor (bare Starlette)", floor)):
+        rate = statistics.median(r.rate for r in runs)
+        all_runs = pooled(runs)
+        print(f"  {name:<24}{rate:>15,.0f}{all_runs.percentile(50):>9.2f}"
+              f"{all_runs.percentile(99):>9.2f}")
+    verdict = "meets" if ratio >= TARGET else "BELOW"
+    print(f"  ratio fhirpm/floor: {ratio:.2f} median of slices (min {min(ratios):.2f}, "
+          f"max {max(ratios):.2f}); {verdict} the {TARGET} target")
