@@ -23,6 +23,7 @@ from tests.conftest import BASE, FHIR_JSON, shared_path
 
 SHARED_FIRST = ("hospitalInformation", "practitionerInformation")
 MINIMAL = {**FHIR_JSON, "Prefer": "return=minimal"}
+RELOADED = 150  # entries from each end of each shared bundle loaded a second time
 
 
 def synthea_files() -> list[Path]:
@@ -95,14 +96,15 @@ async def test_synthea_ingest(client: httpx.AsyncClient) -> None:
     practitioner = encounter["participant"][0]["individual"]["reference"].split("/")
     assert tuple(practitioner) in ids  # a conditional reference resolved to a stored one
 
-    # the shared bundles again: every conditional create matches and creates nothing; the
-    # entries without ifNoneExist (PractitionerRole) are plain creates and create again
+    # part of the shared bundles again: each conditional create matches and creates
+    # nothing; entries without ifNoneExist (PractitionerRole) are plain creates
     again = 0
     for path in files[:2]:
         bundle = jsonio.loads(path.read_bytes())
+        bundle["entry"] = bundle["entry"][:RELOADED] + bundle["entry"][-RELOADED:]
         wanted = ["200 OK" if "ifNoneExist" in e["request"] else "201 Created"
                   for e in bundle["entry"]]
-        assert await _post(client, path.read_bytes()) == wanted, path.name
+        assert "200 OK" in wanted
+        assert await _post(client, jsonio.dumps(bundle)) == wanted, path.name
         again += wanted.count("201 Created")
-    assert again == expected["PractitionerRole"]
     assert len(await _all_current(client)) == 7314 + again
