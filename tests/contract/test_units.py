@@ -164,13 +164,9 @@ async def test_racing_updates_of_one_resource_never_lose_a_version(open_store: O
 
 
 async def test_a_put_refused_for_a_taken_key_leaves_nothing_behind(
-        store: ResourceStore, store_kind: str, request: pytest.FixtureRequest) -> None:
+        store: ResourceStore) -> None:
     """A caller may catch UniqueKeyTaken (conditional create: 'then return the holder') and
     go on with the unit; the refused put must not have written anything."""
-    if store_kind == "sqlite":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="SQLite adapter writes history/resources before checking "
-                                "unique keys (storage/sqlite/store.py _put)"))
     key = "Patient?identifier=urn:mrn|7"
     async with store.unit_of_work() as uow:
         await uow.put(version("Patient", "holder", 1), [], expected_version=0,

@@ -380,6 +380,12 @@ def _put(c: sqlite3.Connection, v: ResourceVersion, entries: Sequence[IndexEntry
     if (current[1] if current else 0) != expected_version:
         raise VersionConflict(f"{v.type}/{v.id} is at version {current[1] if current else 0}, "
                               f"not {expected_version}")
+    # Check keys before writing anything: a caller may catch the refusal and go on with
+    # the unit, so a refused put must leave no rows behind.
+    for key in unique_keys:
+        holder = c.execute("SELECT type, id FROM unique_keys WHERE key = ?", (key,)).fetchone()
+        if holder and (holder[0], holder[1]) != (v.type, v.id):
+            raise UniqueKeyTaken(key, (holder[0], holder[1]))
     seq = c.execute(
         "INSERT INTO history (type, id, version, last_updated, method, body) "
         "VALUES (?,?,?,?,?,?)", (v.type, v.id, v.version, v.last_updated, v.method, v.body),
@@ -395,11 +401,8 @@ def _put(c: sqlite3.Connection, v: ResourceVersion, entries: Sequence[IndexEntry
                         "VALUES (?,?,?,?,?)", (v.type, v.id, v.version, seq, deleted)).lastrowid
     index.replace(c, rid, () if v.deleted else entries, had_rows=current is not None,
                   type=v.type)
-    for key in unique_keys:
-        holder = c.execute("SELECT type, id FROM unique_keys WHERE key = ?", (key,)).fetchone()
-        if holder:
-            raise UniqueKeyTaken(key, (holder[0], holder[1]))
-        c.execute("INSERT INTO unique_keys VALUES (?,?,?)", (key, v.type, v.id))
+    c.executemany("INSERT INTO unique_keys VALUES (?,?,?)",
+                  [(key, v.type, v.id) for key in unique_keys])
 
 
 def _history_sql(q: HistoryQuery, select: str) -> tuple[str, list[Any]]:
