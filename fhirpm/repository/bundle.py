@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import urlencode
 
 from fhirpm.errors import Category, FhirError
 from fhirpm.fhir.bundles import bundle as make_bundle
@@ -248,7 +249,7 @@ async def _assign_ids(ix: Interactions, entries: list[Entry],
 async def _conditional_put_target(ix: Interactions, e: Entry, uow: UnitOfWork) -> str:
     """Resolve `PUT Type?criteria` now, and turn the entry into `PUT Type/id`."""
     body_id = e.resource.get("id") if isinstance(e.resource, dict) else None
-    query = "&".join(f"{k}={v}" for k, v in e.params)
+    query = urlencode(e.params)  # the params are decoded: re-encode so '&', '+', '%' survive
     target = await _single_match(ix, e, e.type or "", query, uow, default=None)
     if target is not None and body_id not in (None, target):
         raise entry_failure(e, FhirError(
