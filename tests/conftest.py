@@ -29,7 +29,9 @@ def shared_path(*parts: str) -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    if os.environ.get("FHIRPM_TEST_STORE") == "mongo":  # the API suites on MongoDB
+        return request.getfixturevalue("mongo_settings")
     return Settings(store_url=f"sqlite:///{tmp_path / 'fhirpm.db'}", base_url=BASE,
                     log_json=False)
 

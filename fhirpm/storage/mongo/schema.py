@@ -3,8 +3,9 @@
 Collections (one database, named in the URL path, default `fhirpm`):
 
 - one collection per resource type, named exactly like the type (`Patient`): the current
-  version of each resource, `{_id: id, v, lu, m, seq, c, del, k, body, ix}` (`c`: the seq
-  that created it, the order of unsorted searches; `k`: it holds unique keys). `body` is the served
+  version of each resource, `{_id: id, v, lu, m, seq, c, lv, del, k, body, ix}` (`c`: the
+  seq that created it, the order of unsorted searches; `lv`: the seq since which it is live,
+  for pinned search snapshots; `k`: it holds unique keys). `body` is the served
   JSON as BSON binary (never re-encoded: decimals such as `72.50` survive byte for byte);
   `ix` holds the search index values as typed arrays, one per value kind
   (`ix.tok: [{p: "identifier", s: system, c: code}, ...]`), so one generic compound index

@@ -16,9 +16,10 @@ ties and unsorted searches follow creation order `c` (the seq that created the r
 A page ends at a position (its last document's sort values, `c`, type and id); the next
 page starts strictly after it (`previous`: strictly before it, read in reverse), so writes
 between pages never shift, repeat or skip an unchanged resource. The first page pins the
-change-log seq it saw; later pages only return resources created up to it (`c <= snapshot`),
-and the total is computed once and carried by the cursor, an opaque base64url JSON
-[snapshot, total, backward, position] like the SQLite adapter's.
+change-log seq it saw; every page only returns resources live since then (`lv <=
+snapshot`: created or re-created later, they never appear; deleted, they drop out; updated,
+they appear once), and the total is computed once and carried by the cursor, an opaque
+base64url JSON [snapshot, total, backward, position] like the SQLite adapter's.
 
 ## Includes
 
@@ -89,7 +90,7 @@ class Cursor:
 def type_pipeline(query: SearchQuery, type: str, snapshot: int) -> list[Stage]:
     """Live resources of `type` in the snapshot that satisfy every clause."""
     compiler = Compiler()
-    early: list[dict[str, Any]] = [{"del": False, "c": {"$lte": snapshot}}]
+    early: list[dict[str, Any]] = [{"del": False, "lv": {"$lte": snapshot}}]
     late: list[dict[str, Any]] = []
     for clause in query.where:
         before = len(compiler.stages)

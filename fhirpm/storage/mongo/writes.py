@@ -67,15 +67,18 @@ async def apply_put(db: AsyncDatabase, session: Session, put: Put) -> None:
     fields = schema.current_fields(v, put.entries, has_keys=bool(put.unique_keys))
     if put.expected_version == 0:
         try:
-            await collection.insert_one({"_id": v.id, "c": 0, **fields}, session=session)
+            await collection.insert_one({"_id": v.id, "c": 0, "lv": 0, **fields},
+                                        session=session)
         except DuplicateKeyError:
             raise _conflict(v, 0) from None  # it exists: created meanwhile
     else:
         before = await collection.find_one_and_update(
             {"_id": v.id, "v": put.expected_version}, {"$set": fields},
-            projection={"k": 1}, session=session)
+            projection={"k": 1, "del": 1}, session=session)
         if before is None:
             raise _conflict(v, put.expected_version)
+        if before.get("del") and not v.deleted:  # re-created: live again from this commit
+            await collection.update_one({"_id": v.id}, {"$set": {"lv": 0}}, session=session)
         if before.get("k"):
             await db[schema.UNIQUE_KEYS].delete_many({"t": v.type, "i": v.id}, session=session)
     await _claim_keys(db, session, v, put.unique_keys)
@@ -131,9 +134,12 @@ async def finish(db: AsyncDatabase, session: Session, puts: Sequence[Put]) -> li
         if put.expected_version == 0:
             stamp.setdefault("c", seq)  # the creation order that unsorted searches follow
     for type, by_id in stamps.items():
-        await db[type].bulk_write(
-            [UpdateOne({"_id": id}, {"$set": stamp}) for id, stamp in by_id.items()],
-            ordered=False, session=session)
+        updates = []
+        for id, stamp in by_id.items():
+            updates.append(UpdateOne({"_id": id}, {"$set": stamp}))
+            # live since this commit (created or re-created by the unit: lv was set to 0)
+            updates.append(UpdateOne({"_id": id, "lv": 0}, {"$set": {"lv": stamp["seq"]}}))
+        await db[type].bulk_write(updates, ordered=False, session=session)
     return seqs
 
 
