@@ -8,7 +8,10 @@ from tests.conftest import FHIR_JSON
 
 
 def _transaction(value: str, family: str) -> dict:
+    # a urn:uuid fullUrl makes the server resolve the criteria up front (others may
+    # reference the entry), which is the path that re-encodes them
     return {"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "fullUrl": "urn:uuid:5d0a7e3c-9a39-4f7e-8a52-0f8a3c1d2b11",
         "resource": {"resourceType": "Patient", "name": [{"family": family}],
                      "identifier": [{"system": "urn:mrn", "value": value}]},
         "request": {"method": "PUT", "url": "Patient?identifier=urn:mrn|" +
