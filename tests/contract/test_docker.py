@@ -68,6 +68,6 @@ def test_dockerfile_is_multi_stage_non_root_with_a_healthcheck() -> None:
     user = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
     assert user and not user[-1].startswith(("root", "0"))
     assert re.search(r"^HEALTHCHECK .*CMD", text, re.MULTILINE | re.DOTALL)
-    assert "/fhir/metadata" in text
+    assert "/readyz" in text
     ignore = (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
     assert "*" in ignore and {"!pyproject.toml", "!fhirpm/"} <= set(ignore)  # small context
