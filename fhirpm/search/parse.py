@@ -482,8 +482,9 @@ def _of_type(raw: str) -> TokenPred:
 def _uri(text: str, modifier: str) -> UriPred:
     if modifier == "below":
         return UriPred(text, "below")
-    if modifier == "above":
-        ancestors = [text[:i] for i in range(1, len(text)) if text[i] == "/"
-                     and text[i - 1] != "/" and text[i - 2:i] != ":/"]
+    if modifier == "above":  # the uri and each of its path prefixes past the authority
+        authority = text.find("://")
+        start = authority + 3 if authority >= 0 else 0
+        ancestors = [text[:i] for i in range(start + 1, len(text)) if text[i] == "/"]
         return UriPred(text, "above", tuple(sorted({*ancestors, text})))
     return UriPred(text)
