@@ -2,10 +2,13 @@
 
 `sync(ix)` keeps the registry in step with the SearchParameter resources in the store
 (created through the API, by this or any other process): it runs before each search and
-costs one indexed look at the newest SearchParameter version. A new or changed parameter
-is added to the registry at once, so every write from then on indexes it, and gets a
-reindex job for the resources written before; until that job is done the parameter is
-*pending*: search refuses it and the CapabilityStatement should not list it.
+costs one indexed look at the newest SearchParameter version, skipped when the store tells
+of its commits (SQLite's commit listener) and none happened in this process since the last
+look less than RECHECK_SECONDS ago (other processes' changes are seen within that time).
+A new or changed parameter is added to the registry at once, so every write from then on
+indexes it, and gets a reindex job for the resources written before; until that job is
+done the parameter is *pending*: search refuses it and the CapabilityStatement should not
+list it.
 
 Jobs are Documents in the collection `search-reindex` (key: the parameter URL, or
 `all:<types>` for a `$reindex` of whole types), JSON bodies:
@@ -50,6 +53,7 @@ COLLECTION = "search-reindex"
 LEASE_SECONDS = 30
 BATCH = 200
 _RETRY_SECONDS = 5  # how often a process re-tries claiming jobs another process holds
+RECHECK_SECONDS = 1.0
 _SEARCHABLE_TYPES = ("number", "date", "string", "token", "reference", "composite",
                      "quantity", "uri")
 
@@ -63,6 +67,9 @@ class _State:
     pending: set[str] = field(default_factory=set)  # urls whose job is not done
     worker: asyncio.Task[None] | None = None
     last_spawn: float = 0.0
+    listening: bool = False  # the store reports this process's commits
+    dirty: bool = True  # a commit happened since the last look (or we cannot know)
+    checked: float = 0.0  # monotonic time of the last look
 
 
 _STATES: weakref.WeakKeyDictionary[Any, _State] = weakref.WeakKeyDictionary()
@@ -82,6 +89,8 @@ async def pending(ix: Interactions) -> set[str]:
 
 async def sync(ix: Interactions) -> _State:
     state = _state(ix)
+    if not _stale(ix, state):
+        return state
     head = await ix.repo.store.history(HistoryQuery(type="SearchParameter", count=1))
     seq = head[0].seq if head else 0
     if seq != state.seen_seq:
@@ -93,6 +102,19 @@ async def sync(ix: Interactions) -> _State:
     if state.pending:
         _spawn(ix, state)
     return state
+
+
+def _stale(ix: Interactions, state: _State) -> bool:
+    listen = getattr(ix.repo.store, "add_commit_listener", None)
+    if listen is not None and not state.listening:
+        listen(lambda: setattr(state, "dirty", True))
+        state.listening = True
+    now = time.monotonic()
+    if (state.listening and not state.dirty and not state.pending
+            and now - state.checked < RECHECK_SECONDS):
+        return False
+    state.dirty, state.checked = False, now
+    return True
 
 
 async def _load_custom(ix: Interactions, state: _State) -> None:
