@@ -19,12 +19,12 @@ import json
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from bench import data
 from bench.loadgen import RunResult, new_loop_runner, run
-from bench.server import ServerProcess
+from bench.server import ServerProcess, cpu_seconds
 
 DESCRIPTION = "Synthea transaction ingest and create throughput vs raw sqlite3 insert"
 TARGET = 1200  # resources/s for Synthea transaction ingest on this 2-core machine
@@ -54,12 +54,14 @@ def main(argv: list[str]) -> int:
         work = Path(tmp)
         db = work / "ingest.db"
         with ServerProcess.fhirpm(f"sqlite:///{db}", work / "fhirpm.log") as server:
-            batch = post_all(server.port, [json.dumps(b).encode() for b in shared], 1, args)
-            tx = post_all(server.port, patients * args.rounds, args.bundle_connections, args)
+            batch = timed(server, lambda: post_all(
+                server.port, [json.dumps(b).encode() for b in shared], 1, args))
+            tx = timed(server, lambda: post_all(
+                server.port, patients * args.rounds, args.bundle_connections, args))
             documents = stored_documents(db, exclude=("Organization", "Practitioner",
                                                       "PractitionerRole", "Location"))
             documents = documents[:per_round]
-            creates = create_all(server.port, documents, args)
+            creates = timed(server, lambda: create_all(server.port, documents, args))
         bundles = [bundle_documents(b) for b in patients]
         floor_tx = floor_rate(work / "floor-tx.db", bundles * args.rounds)
         floor_create = floor_rate(work / "floor-create.db",
@@ -71,6 +73,14 @@ def main(argv: list[str]) -> int:
 
 
 # -- fhirpm over HTTP --------------------------------------------------------------------
+
+
+def timed(server: ServerProcess, phase: Callable[[], RunResult]) -> RunResult:
+    """Run a phase and note the server's CPU seconds meanwhile (all its threads)."""
+    before = cpu_seconds(server.pid)
+    result = phase()
+    result.server_cpu = cpu_seconds(server.pid) - before
+    return result
 
 
 def post_all(port: int, bodies: list[bytes], connections: int,
@@ -177,12 +187,15 @@ def report(args: argparse.Namespace, batch: RunResult, batch_resources: int, tx:
     create_rate = creates.rate
     print(f"## ingest: Synthea over HTTP ({tx.requests // args.rounds} patient bundles x "
           f"{args.rounds} rounds, {args.bundle_connections} in flight)")
-    print(f"  {'':<36}{'resources/s':>12}{'floor':>10}{'ratio':>8}")
-    print(f"  {'batch (conditional creates)':<36}{batch_resources / batch.seconds:>12,.0f}")
-    print(f"  {'transaction bundles':<36}{tx_rate:>12,.0f}{floor_tx:>10,.0f}"
-          f"{tx_rate / floor_tx:>8.3f}")
-    print(f"  {'creates (' + str(args.create_connections) + ' connections)':<36}"
-          f"{create_rate:>12,.0f}{floor_create:>10,.0f}{create_rate / floor_create:>8.3f}")
+    print(f"  {'':<34}{'resources/s':>12}{'floor':>9}{'ratio':>7}{'server CPU us/res':>19}")
+    rows = (("batch (conditional creates)", batch_resources / batch.seconds, None,
+             batch.server_cpu / batch_resources),
+            ("transaction bundles", tx_rate, floor_tx, tx.server_cpu / tx_resources),
+            (f"creates ({args.create_connections} connections)", create_rate, floor_create,
+             creates.cpu_per_request))
+    for name, rate, floor, cpu in rows:
+        floor_text = f"{floor:>9,.0f}{rate / floor:>7.3f}" if floor else f"{'':>16}"
+        print(f"  {name:<34}{rate:>12,.0f}{floor_text}{cpu * 1e6:>19,.0f}")
     print(f"  creates: p50 {creates.percentile(50):.2f} ms, p99 {creates.percentile(99):.2f} ms"
           f" over {creates.requests} requests")
     print(f"  fhirkit-rs validation, in-process: {validation_us:.0f} us/resource "

@@ -23,10 +23,15 @@ class RunResult:
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)  # seconds, completed requests
     statuses: dict[int, int] = field(default_factory=dict)
+    server_cpu: float = 0.0  # CPU seconds the server process used meanwhile, when known
 
     @property
     def rate(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_per_request(self) -> float:
+        return self.server_cpu / self.requests if self.requests else 0.0
 
     def percentile(self, p: float) -> float:
         """Latency percentile in milliseconds."""

@@ -28,6 +28,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (all its threads) has used, from /proc (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def fhirpm_command(port: int, store_url: str) -> list[str]:
     return [sys.executable, "-m", "fhirpm.cli", "serve", "--host", "127.0.0.1",
             "--port", str(port), "--store-url", store_url]
@@ -56,6 +65,11 @@ class ServerProcess:
     def fhirpm(cls, store_url: str, log_path: Path, port: int | None = None) -> ServerProcess:
         port = port or free_port()
         return cls(fhirpm_command(port, store_url), port, log_path)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "server not started"
+        return self.proc.pid
 
     @property
     def base_url(self) -> str:
