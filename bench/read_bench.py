@@ -7,19 +7,23 @@ the two servers in alternating short slices (an idle server costs nothing), so b
 the same machine. It also reads each server's CPU time (/proc) per slice: CPU per request is
 what a busy or shared machine distorts least, so the CPU ratio is printed beside the
 throughput ratio. Prints median throughput, pooled p50/p99 latency, CPU us per request and
-the medians of the per-slice ratios (target: fhirpm >= 0.6 of the floor).
+the medians of the per-slice ratios (target: fhirpm >= 0.6 of the floor). Last, both apps are
+called in-process without a server (bench.asgi), which shows how much of a request is the
+application's and how much the HTTP server's.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from bench import data
+from bench import asgi, data, floor_app
 from bench.loadgen import RunResult, new_loop_runner, run
 from bench.server import ServerProcess, cpu_seconds, free_port
 
@@ -55,7 +59,28 @@ def main(argv: list[str]) -> int:
                     raise SystemExit("floor and fhirpm serve different bytes; not comparable")
                 ours, theirs = alternate(fhirpm, floor, ids, args)
         report(args, len(sample), ours, theirs)
+        app_alone(db, ids)
     return 0
+
+
+def app_alone(db: Path, ids: list[str]) -> None:
+    """CPU per read of each application called in-process (no HTTP server, no sockets)."""
+    from fhirpm.app import create_app
+    from fhirpm.config import Settings
+
+    async def measure_both() -> tuple[float, float]:
+        settings = Settings(store_url=f"sqlite:///{db}", log_level="WARNING", log_json=False,
+                            auth={"enabled": False})
+        app = create_app(settings)
+        paths = [f"/fhir/Patient/{rid}" for rid in ids]
+        async with app.router.lifespan_context(app):
+            ours = await asgi.cpu_per_request(app, paths)
+        return ours, await asgi.cpu_per_request(floor_app.create_app(str(db)), paths)
+
+    logging.getLogger("fhirpm").setLevel(logging.ERROR)  # the auth-disabled warning
+    ours, floor = asyncio.run(measure_both())
+    print(f"  app alone (in-process ASGI, CPU us/req): fhirpm {ours * 1e6:,.0f}, "
+          f"floor {floor * 1e6:,.0f}")
 
 
 def alternate(ours: ServerProcess, floor: ServerProcess, ids: list[str],
