@@ -27,7 +27,7 @@ from bench.server import ServerProcess
 TAG_SYSTEM = "urn:fhirpm:test:bundle"
 WORKERS = 4
 OBSERVATIONS = 9
-KILL_AFTER = 30  # acknowledged bundles before the kill
+KILL_AFTER = 20  # acknowledged bundles before the kill
 MAX_BUNDLES = 5000  # bound on the ingest if the kill never comes
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
