@@ -185,9 +185,9 @@ def _tracked(lifespan: Any, ops: Ops) -> Any:
                 yield state
             finally:
                 lifecycle.state = "stopping"
-                if ops.deadlines is not None:
-                    await ops.deadlines.close()
         lifecycle.state = "stopped"
+        if ops.deadlines is not None:
+            await ops.deadlines.close()
     return run
 
 
