@@ -102,3 +102,47 @@ def test_cli_prints_a_summary_and_fails_on_errors(
     out = capsys.readouterr().out
     assert "Errors (1):" in out and "bad.json: 400 Malformed JSON" in out
     assert main([*args, str(tmp_path / "missing.json")]) == 2
+
+
+def bundle(type_: str, *entries: dict) -> str:
+    return json.dumps({"resourceType": "Bundle", "type": type_, "entry": list(entries)})
+
+
+async def test_transactions_and_batches_go_through_the_rest_path(
+        tmp_path: Path, interactions: Interactions) -> None:
+    patient_url = "urn:uuid:6f1f7b0e-9a52-4d8a-9a3e-000000000001"
+    write(tmp_path / "tx.json", bundle(
+        "transaction",
+        {"fullUrl": patient_url, "resource": {"resourceType": "Patient", "gender": "male"},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Observation", "status": "final",
+                      "code": {"text": "pulse"}, "subject": {"reference": patient_url}},
+         "request": {"method": "POST", "url": "Observation"}}))
+    write(tmp_path / "batch.json", bundle(
+        "batch",
+        {"resource": {"resourceType": "Organization", "name": "Clinic"},
+         "request": {"method": "POST", "url": "Organization"}},
+        {"resource": {"resourceType": "Patient", "gender": "robot"},
+         "request": {"method": "POST", "url": "Patient"}}))
+    report = await Loader(interactions, "http://x/fhir").load(discover([tmp_path]))
+
+    assert dict(report.created) == {"Patient": 1, "Observation": 1, "Organization": 1}
+    assert [(e.source.rsplit("/", 1)[1], e.status) for e in report.errors] == [
+        ("batch.json entry 1", 400)]
+    stored = {v.type: json.loads(v.body) for v in await interactions.repo.store.changes(0, 10)}
+    # the urn:uuid reference was rewritten to the id the transaction gave the Patient
+    assert stored["Observation"]["subject"]["reference"] == f"Patient/{stored['Patient']['id']}"
+
+
+async def test_a_failing_transaction_is_one_error_and_writes_nothing(
+        tmp_path: Path, interactions: Interactions) -> None:
+    write(tmp_path / "tx.json", bundle(
+        "transaction",
+        {"resource": {"resourceType": "Organization", "name": "Clinic"},
+         "request": {"method": "POST", "url": "Organization"}},
+        {"resource": {"resourceType": "Patient", "gender": "robot"},
+         "request": {"method": "POST", "url": "Patient"}}))
+    report = await Loader(interactions, "http://x/fhir").load(discover([tmp_path]))
+    assert report.total == 0
+    assert [(e.status, "gender" in e.message) for e in report.errors] == [(400, True)]
+    assert await interactions.repo.store.changes(0, 10) == []
