@@ -15,6 +15,7 @@ from starlette.routing import Route, request_response
 from starlette.types import Receive, Scope, Send
 
 from fhirpm import __version__
+from fhirpm.api.bearer import Callers
 from fhirpm.api.routes import FhirEndpoint
 from fhirpm.changes import ChangeFeed
 from fhirpm.config import Settings
@@ -88,9 +89,8 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
 
     app = FastAPI(title="fhirpm", version=__version__, lifespan=lifespan,
                   docs_url="/docs", openapi_url="/openapi.json")
-    endpoint = FhirEndpoint(interactions, settings.fhir_base, settings.max_body_bytes,
-                            FHIR_MOUNT)
     app.state.auth = None
+    callers = None  # who calls the FHIR API (fhirpm.api.bearer); None: authorization off
     if settings.auth.enabled:  # SMART authorization server; before the FHIR catch-all
         from fhirpm.auth import routes as auth_routes
         from fhirpm.auth.server import AuthServer
@@ -99,9 +99,12 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
         app.router.routes.extend(auth_routes.build(app.state.auth, FHIR_MOUNT))
         # CapabilityStatement.rest.security (oauth-uris), for the statement to publish
         interactions.features["security"] = app.state.auth.security()
+        callers = Callers(app.state.auth.verifier, recheck=settings.auth.token_recheck_seconds)
     else:
         log.warning("AUTHORIZATION IS DISABLED (FHIRPM_AUTH__ENABLED=false): anyone who can "
                     "reach this server can read and change every record. Development only.")
+    endpoint = FhirEndpoint(interactions, settings.fhir_base, settings.max_body_bytes,
+                            FHIR_MOUNT, callers=callers)
     fhir = _AllMethods(endpoint.handle)
     app.router.routes.append(Route(FHIR_MOUNT, fhir))
     app.router.routes.append(Route(FHIR_MOUNT + "/{path:anything}", fhir))

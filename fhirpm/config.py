@@ -33,6 +33,9 @@ class AuthSettings(BaseModel):
     argon2_time_cost: int = Field(3, ge=1)
     argon2_memory_kib: int = Field(65536, ge=8)
     jwks_fetch_seconds: float = Field(5.0, gt=0)  # timeout fetching a client's jwks_uri
+    # A verified access token is trusted this long before its revocation is re-checked
+    # (per process; fhirpm.api.bearer): the most a revocation can lag on each node.
+    token_recheck_seconds: float = Field(5.0, ge=0)
 
 
 class RateLimit(BaseModel):

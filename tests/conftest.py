@@ -45,9 +45,13 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A staff member's client: a real bearer token (`user/*.cruds`, tests.bearer)."""
+    from tests.bearer import staff_headers
+
     transport = httpx.ASGITransport(app=app)
+    headers = {"Accept": "application/fhir+json", **await staff_headers(app)}
     async with httpx.AsyncClient(transport=transport, base_url=BASE + "/",
-                                 headers={"Accept": "application/fhir+json"}) as c:
+                                 headers=headers) as c:
         yield c
 
 

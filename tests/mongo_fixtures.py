@@ -147,20 +147,23 @@ async def store_app(store_settings: Settings) -> AsyncIterator[FastAPI]:
         yield application
 
 
-def _client(application: FastAPI) -> httpx.AsyncClient:
+async def _client(application: FastAPI) -> httpx.AsyncClient:
+    """A staff member's client (a real bearer token, tests.bearer)."""
+    from tests.bearer import staff_headers
     from tests.conftest import BASE
 
+    headers = {"Accept": "application/fhir+json", **await staff_headers(application)}
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=application),
-                             base_url=BASE + "/", headers={"Accept": "application/fhir+json"})
+                             base_url=BASE + "/", headers=headers)
 
 
 @pytest.fixture
 async def mongo_client(mongo_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with _client(mongo_app) as c:
+    async with await _client(mongo_app) as c:
         yield c
 
 
 @pytest.fixture
 async def store_client(store_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with _client(store_app) as c:
+    async with await _client(store_app) as c:
         yield c

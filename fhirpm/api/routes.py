@@ -1,5 +1,10 @@
 """The FHIR endpoint: every path under the base goes through one Starlette endpoint into
-`Interactions.dispatch`. Errors become OperationOutcomes here and nowhere else."""
+`Interactions.dispatch`. Errors become OperationOutcomes here and nowhere else.
+
+Each request carries its caller (`FhirRequest.principal`, from the Authorization header
+through `bearer.Callers`); what the caller may do is decided below, in
+`fhirpm.repository.access`. `callers=None` means authorization is off (development only):
+every request is then trusted."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import logging
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from fhirpm.api.bearer import Callers
 from fhirpm.api.negotiation import (
     check_request_media_type,
     response_media_type,
@@ -26,8 +32,9 @@ _BODY_METHODS = ("POST", "PUT", "PATCH")
 
 class FhirEndpoint:
     def __init__(self, interactions: Interactions, base_url: str, max_body_bytes: int,
-                 mount: str) -> None:
+                 mount: str, *, callers: Callers | None) -> None:
         self.interactions = interactions
+        self.callers = callers
         self.base_url = base_url
         self.max_body_bytes = max_body_bytes
         self.mount = mount
@@ -67,8 +74,11 @@ class FhirEndpoint:
             if name in _FORWARDED_HEADERS and name not in headers:
                 headers[name] = raw_value.decode("latin-1")
         params = tuple(request.query_params.multi_items()) if scope["query_string"] else ()
+        principal = None
+        if self.callers is not None:
+            principal = await self.callers.caller(request.headers.get("authorization"))
         return FhirRequest(method=method, path=path, base=self.base_url, params=params,
-                           headers=headers, body=body)
+                           headers=headers, body=body, principal=principal)
 
     async def _read_body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")

@@ -60,7 +60,8 @@ class BundleProcessor:
                        parts: list[str]) -> FhirResponse:
         body = req.parsed_body()
         kind = bundle_type(body)
-        entries = parse_entries(body, req.base, self.max_entries)
+        entries = parse_entries(body, req.base, self.max_entries,
+                                principal=req.principal)
         if kind == "batch":
             return await run_batch(ix, req, entries)
         return await run_transaction(ix, req, entries)
@@ -279,7 +280,8 @@ async def _find(ix: Interactions, e: Entry, type: str, criteria: str,
             Category.NOT_SUPPORTED, "Conditional matching needs search, which is not "
             "available")) from None
     try:
-        return list(await find_matches(ix, type, criteria, uow, base=e.base))
+        return list(await find_matches(ix, type, criteria, uow, base=e.base,
+                                           principal=e.principal))
     except FhirError as err:
         raise entry_failure(e, err) from None
 

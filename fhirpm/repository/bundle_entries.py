@@ -36,6 +36,7 @@ class Entry:
     full_url: str | None
     base: str = ""  # the server's base URL, as the client sees it
     assigned_id: str | None = None
+    principal: Any = None  # who sent the bundle: every entry runs as them (access.py)
 
     @property
     def type(self) -> str | None:
@@ -57,7 +58,8 @@ class Entry:
             headers["prefer"] = prefer
         return FhirRequest(method="GET" if self.method == "HEAD" else self.method,
                            path=self.path, base=base, params=self.params, headers=headers,
-                           resource=self.resource, uow=uow, assigned_id=self.assigned_id)
+                           resource=self.resource, uow=uow, assigned_id=self.assigned_id,
+                           principal=self.principal)
 
 
 def _invalid(message: str, path: str) -> FhirError:
@@ -74,7 +76,9 @@ def bundle_type(body: Any) -> str:
     return kind
 
 
-def parse_entries(body: dict[str, Any], base: str, max_entries: int) -> list[Entry]:
+def parse_entries(body: dict[str, Any], base: str, max_entries: int, *,
+                  principal: Any) -> list[Entry]:
+    """`principal`: the bundle's FhirRequest.principal, which every entry carries."""
     raw = body.get("entry", [])
     if not isinstance(raw, list):
         raise _invalid("entry must be a list", "Bundle.entry")
@@ -83,6 +87,8 @@ def parse_entries(body: dict[str, Any], base: str, max_entries: int) -> list[Ent
                         f"Bundle has {len(raw)} entries; this server takes at most "
                         f"{max_entries} per bundle", expression=("Bundle.entry",))
     entries = [_parse_entry(n, item, base) for n, item in enumerate(raw)]
+    for entry in entries:
+        entry.principal = principal
     seen: dict[str, int] = {}
     for e in entries:
         if e.full_url is not None and e.full_url in seen and e.method in ("POST", "PUT"):

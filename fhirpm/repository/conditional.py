@@ -16,11 +16,13 @@ the winner, as if the search had found it.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
 from fhirpm.errors import Category, FhirError
+from fhirpm.repository.access import search_guard
 from fhirpm.repository.interactions import (
     FhirRequest,
     FhirResponse,
@@ -55,16 +57,17 @@ def install(interactions: Interactions, delete_mode: str = "single") -> None:
 
 async def find_matches(ix: Interactions, type: str, criteria: str,
                        uow: UnitOfWork | None, *, limit: int = 2,
-                       base: str = "") -> list[ResourceVersion]:
+                       base: str = "", principal: Any = None) -> list[ResourceVersion]:
     """The current versions of `type` matching `criteria` (a query string without `?`).
 
     Searches inside `uow` when given (so a transaction sees its own writes). Criteria are
     parsed strictly: an unknown or malformed parameter raises FhirError (400), never
     widens the match. Returns at most `limit` versions (default 2: enough to tell none,
     one and several). `base`: the server's base URL, so absolute references to it count
-    as local.
+    as local. `principal`: whose request this is (FhirRequest.principal): the match is
+    confined to what they may search.
     """
-    matches, _ = await _find(ix, type, _criteria(criteria), uow, limit, base)
+    matches, _ = await _find(ix, type, _criteria(criteria), uow, limit, base, principal)
     return matches
 
 
@@ -73,8 +76,8 @@ def _criteria(text: str) -> list[tuple[str, str]]:
 
 
 async def _find(ix: Interactions, type: str, params: list[tuple[str, str]],
-                uow: UnitOfWork | None, limit: int,
-                base: str) -> tuple[list[ResourceVersion], str]:
+                uow: UnitOfWork | None, limit: int, base: str,
+                principal: Any) -> tuple[list[ResourceVersion], str]:
     """(matches, the unique key of these criteria)."""
     check_type(type)
     criteria = [(k, v) for k, v in params if k.split(":", 1)[0] not in RESULT_PARAMS
@@ -86,8 +89,11 @@ async def _find(ix: Interactions, type: str, params: list[tuple[str, str]],
     parsed = await parse_request(ix, req, [type], criteria, strict=True)
     query = replace(parsed.query, count=limit, total="none", sort=(), include=(),
                     revinclude=(), cursor=None)
-    result = await run(ix, req, query)
+    guard = search_guard(ix, principal, query, base=base)  # only what the caller may see
+    result = await run(ix, req, guard.query if guard else query)
     key = f"{type}?{urlencode(sorted(parsed.applied))}"
+    if guard is not None and guard.query != query:  # confined criteria are other criteria
+        key += "#" + hashlib.sha256(repr(guard.query.where).encode()).hexdigest()[:32]
     return result.matches, key
 
 
@@ -113,7 +119,8 @@ async def conditional_create(ix: Interactions, req: FhirRequest,
     body = req.parsed_body()
     check_body(type_, body)
     async with ix.repo.unit(req.uow) as unit:
-        matches, key = await _find(ix, type_, _criteria(criteria), unit, 2, req.base)
+        matches, key = await _find(ix, type_, _criteria(criteria), unit, 2, req.base,
+                                   req.principal)
         if len(matches) > 1:
             raise _too_many(type_, "a conditional create")
         if matches:
@@ -146,7 +153,8 @@ async def conditional_update(ix: Interactions, req: FhirRequest,
     check_body(type_, body)
     body_id = body.get("id")
     async with ix.repo.unit(req.uow) as unit:
-        matches, key = await _find(ix, type_, _url_criteria(req), unit, 2, req.base)
+        matches, key = await _find(ix, type_, _url_criteria(req), unit, 2, req.base,
+                                   req.principal)
         if len(matches) > 1:
             raise _too_many(type_, "a conditional update")
         if matches:
@@ -173,7 +181,8 @@ async def conditional_patch(ix: Interactions, req: FhirRequest,
                             parts: list[str]) -> FhirResponse:
     type_ = parts[0]
     async with ix.repo.unit(req.uow) as unit:
-        matches, _ = await _find(ix, type_, _url_criteria(req), unit, 2, req.base)
+        matches, _ = await _find(ix, type_, _url_criteria(req), unit, 2, req.base,
+                                   req.principal)
         if len(matches) > 1:
             raise _too_many(type_, "a conditional patch")
         if not matches:
@@ -191,7 +200,8 @@ async def conditional_delete(ix: Interactions, req: FhirRequest,
     mode = ix.features.get("conditionalDelete", "single")
     limit = ix.max_count + 1 if mode == "multiple" else 2
     async with ix.repo.unit(req.uow) as unit:
-        matches, _ = await _find(ix, type_, _url_criteria(req), unit, limit, req.base)
+        matches, _ = await _find(ix, type_, _url_criteria(req), unit, limit, req.base,
+                                 req.principal)
         if len(matches) > 1 and mode == "single":
             raise _too_many(type_, "a conditional delete")
         if len(matches) >= limit:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fhirpm.errors import Category, FhirError, information_outcome
 from fhirpm.fhir import jsonio
+from fhirpm.repository import access
 from fhirpm.repository.service import (
     Repository,
     WriteResult,
@@ -21,6 +22,9 @@ from fhirpm.repository.service import (
     version_headers,
 )
 from fhirpm.storage.port import ResourceVersion, UnitOfWork
+
+if TYPE_CHECKING:
+    from fhirpm.auth.principal import Principal
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,10 @@ class FhirRequest:
     resource: Any = None  # an already-parsed body (bundle entries)
     uow: UnitOfWork | None = None  # set inside a transaction bundle
     assigned_id: str | None = None  # create: the id a transaction assigned (urn:uuid entries)
+    # Who asks (fhirpm.repository.access): the HTTP edge sets the token's Principal, or an
+    # Anonymous carrying the 401. None = a trusted internal caller (the CLI loader, HL7 v2
+    # inbound), for which nothing is checked: never None for a request from outside.
+    principal: Principal | access.Anonymous | None = None
 
     def param(self, name: str) -> str | None:
         for key, value in self.params:
@@ -79,6 +87,8 @@ class Interactions:
 
     async def dispatch(self, req: FhirRequest) -> FhirResponse:
         parts = [p for p in req.path.split("/") if p]
+        if req.principal is not None:  # every caller but a trusted internal one
+            return await access.guarded(self, req, parts, _shape(parts))
         handler = self._route(req.method, parts)
         return await handler(self, req, parts)
 
@@ -159,7 +169,9 @@ async def _delete(ix: Interactions, req: FhirRequest, parts: list[str]) -> FhirR
 async def _history(ix: Interactions, req: FhirRequest, parts: list[str]) -> FhirResponse:
     from fhirpm.repository.history import history_bundle
 
-    return await history_bundle(ix.repo, req, parts, ix.default_count, ix.max_count)
+    keep = await access.history_filter(ix, req, parts)
+    return await history_bundle(ix.repo, req, parts, ix.default_count, ix.max_count,
+                                keep=keep)
 
 
 async def _operation(ix: Interactions, req: FhirRequest, parts: list[str]) -> FhirResponse:

@@ -53,12 +53,19 @@ def install(interactions: Interactions) -> None:
 
 
 async def search_handler(ix: Interactions, req: FhirRequest, parts: list[str]) -> FhirResponse:
+    from fhirpm.repository.access import search_guard
     from fhirpm.repository.interactions import FhirResponse
 
     params = [*req.params, *_form_params(req)]
     types, path, extra = _scope(ix.repo.registry, parts, params)
     parsed = await parse_request(ix, req, types, params, extra)
+    guard = search_guard(ix, req.principal, parsed.query, base=req.base)
+    if guard is not None:  # the caller's reach, ANDed in (links show only `applied`)
+        parsed.query = guard.query
+        parsed.issues.extend(guard.issues)
     result = await run(ix, req, parsed.query)
+    if guard is not None:
+        guard.filter(result)
     return FhirResponse(200, searchset(req, path, parsed, result))
 
 

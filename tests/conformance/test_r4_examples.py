@@ -18,6 +18,7 @@ import pytest_asyncio
 from fhirpm.app import create_app
 from fhirpm.config import Settings
 from fhirpm.fhir import jsonio
+from tests.bearer import staff_headers
 from tests.conftest import BASE, FHIR_JSON, SHARED_DATA
 
 EXAMPLES = SHARED_DATA / "fhir" / "r4-examples"
@@ -32,7 +33,8 @@ async def client(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[http
     app = create_app(Settings(store_url=f"sqlite:///{db}", base_url=BASE, log_json=False))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url=BASE + "/") as c:
+        async with httpx.AsyncClient(transport=transport, base_url=BASE + "/",
+                                     headers=await staff_headers(app)) as c:
             yield c
 
 

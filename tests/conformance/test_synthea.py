@@ -19,6 +19,7 @@ from fhirpm.app import create_app
 from fhirpm.config import Settings
 from fhirpm.fhir import jsonio
 from fhirpm.repository.references import holders
+from tests.bearer import staff_headers
 from tests.conftest import BASE, FHIR_JSON, shared_path
 
 SHARED_FIRST = ("hospitalInformation", "practitionerInformation")
@@ -41,7 +42,7 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         await _skip_without_conditional_matching(app.state.interactions)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=BASE + "/",
-                                     timeout=120) as c:
+                                     timeout=120, headers=await staff_headers(app)) as c:
             yield c
 
 

@@ -44,11 +44,15 @@ def ops_settings(tmp_path: Path, *, auth: dict[str, Any] | None = None,
 async def running(settings: Settings, *, client_ip: str = "127.0.0.1",
                   setup: Callable[[FastAPI], None] | None = None
                   ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """The app started (lifespan), and a client whose connections come from `client_ip`."""
+    """The app started (lifespan), and a client whose connections come from `client_ip`,
+    carrying a staff member's bearer token (tests.bearer)."""
+    from tests.bearer import staff_headers
+
     app = create_app(settings)
     if setup is not None:
         setup(app)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=(client_ip, 40000))
-        async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as client:
+        async with httpx.AsyncClient(transport=transport, base_url=ORIGIN,
+                                     headers=await staff_headers(app)) as client:
             yield app, client

@@ -16,6 +16,8 @@ RANKS = {
     "fhirpm.errors": 0, "fhirpm.config": 0, "fhirpm.logs": 0,
     "fhirpm.fhir": 1,
     "fhirpm.search": 2, "fhirpm.auth.scopes": 2,
+    # pure data the resource server's access policy (repository.access) works with
+    "fhirpm.auth.errors": 2, "fhirpm.auth.principal": 2,
     "fhirpm.storage": 3,
     "fhirpm.repository": 4, "fhirpm.changes": 4,
     "fhirpm.operations": 5, "fhirpm.audit": 5, "fhirpm.auth": 5,
