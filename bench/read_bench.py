@@ -48,14 +48,17 @@ def main(argv: list[str]) -> int:
         work = Path(tmp)
         db = work / "read.db"
         ids = [f"bench-{n}" for n in range(args.resources)]
-        with ServerProcess.fhirpm(f"sqlite:///{db}", work / "fhirpm.log") as fhirpm:
-            seed(fhirpm.port, data.sample_patient(), ids)
+        # as deployed: authorization on, every request with a staff bearer token
+        with ServerProcess.fhirpm(f"sqlite:///{db}", work / "fhirpm.log", auth=True) as fhirpm:
+            token = fhirpm.auth_headers
+            seed(fhirpm.port, data.sample_patient(), ids, token)
             port = free_port()
             with ServerProcess([sys.executable, "-m", "bench.floor_app", "--port", str(port),
                                 "--db", str(db)], port, work / "floor.log",
                                ready_path="/fhir/none/none") as floor:
-                sample = fetch(fhirpm.port, ids[0])
-                if fetch(floor.port, ids[0]) != sample:
+                floor.token = fhirpm.token  # the floor gets (and ignores) the same header
+                sample = fetch(fhirpm.port, ids[0], token)
+                if fetch(floor.port, ids[0], token) != sample:
                     raise SystemExit("floor and fhirpm serve different bytes; not comparable")
                 ours, theirs = alternate(fhirpm, floor, ids, args)
         report(args, len(sample), ours, theirs)
@@ -97,23 +100,23 @@ def alternate(ours: ServerProcess, floor: ServerProcess, ids: list[str],
     return mine, base
 
 
-def seed(port: int, patient: dict, ids: list[str]) -> None:
+def seed(port: int, patient: dict, ids: list[str], token: dict[str, str]) -> None:
     bodies = [json.dumps({**patient, "id": rid}).encode() for rid in ids]
     with new_loop_runner() as runner:
         result = runner.run(run("127.0.0.1", port, lambda n: ("PUT", f"/fhir/Patient/{ids[n]}",
                                                             bodies[n]),
                                 connections=4, duration=600, max_requests=len(ids),
-                                headers={"Content-Type": "application/fhir+json"}))
+                                headers={"Content-Type": "application/fhir+json", **token}))
     if result.errors or result.requests != len(ids):
         raise SystemExit(f"seeding failed: {result.statuses}")
 
 
-def fetch(port: int, rid: str) -> bytes:
+def fetch(port: int, rid: str, token: dict[str, str]) -> bytes:
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.request("GET", f"/fhir/Patient/{rid}")
+        conn.request("GET", f"/fhir/Patient/{rid}", headers=token)
         return conn.getresponse().read()
     finally:
         conn.close()
@@ -128,7 +131,7 @@ def measure(server: ServerProcess, ids: list[str], seconds: float,
     with new_loop_runner() as runner:
         result = runner.run(run("127.0.0.1", server.port, request,
                                 connections=args.connections, duration=seconds,
-                                max_requests=args.max_requests))
+                                max_requests=args.max_requests, headers=server.auth_headers))
     result.server_cpu = cpu_seconds(server.pid) - cpu_before
     if result.errors:
         raise SystemExit(f"errors during the read benchmark: {result.statuses}")

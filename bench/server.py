@@ -51,6 +51,30 @@ def server_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def staff_token(store_url: str, port: int, scope: str = "user/*.cruds") -> str:
+    """An access token `fhirpm serve --port <port> --store-url <store_url>` accepts, issued
+    into its store by the authorization server's own code, as a staff login would be."""
+    import asyncio
+
+    from fhirpm.auth.server import AuthServer
+    from fhirpm.auth.tokens import Grant
+    from fhirpm.config import Settings
+    from fhirpm.storage.factory import store_from_settings
+
+    async def mint() -> str:
+        settings = Settings(store_url=store_url, host="127.0.0.1", port=port)
+        store = store_from_settings(settings)
+        await store.open()
+        try:
+            grant = Grant(client_id="bench", sub="staff", scope=scope,
+                          fhir_user="Practitioner/staff")
+            return (await AuthServer(settings, store).tokens.issue(grant))["access_token"]
+        finally:
+            await store.close()
+
+    return asyncio.run(mint())
+
+
 class ServerProcess:
     def __init__(self, command: list[str], port: int, log_path: Path, *,
                  ready_path: str = "/fhir/metadata", env: dict[str, str] | None = None) -> None:
@@ -60,11 +84,25 @@ class ServerProcess:
         self.ready_path = ready_path
         self.env = env if env is not None else server_env()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.token: str | None = None  # a bearer token the server accepts (fhirpm(auth=True))
 
     @classmethod
-    def fhirpm(cls, store_url: str, log_path: Path, port: int | None = None) -> ServerProcess:
+    def fhirpm(cls, store_url: str, log_path: Path, port: int | None = None, *,
+               auth: bool = False) -> ServerProcess:
+        """`auth`: authorization on, as deployed; `token` then holds a staff token for it
+        (minted into the store before the server starts). Off by default for the tests
+        about serving, durability and ingest, where it adds nothing."""
         port = port or free_port()
-        return cls(fhirpm_command(port, store_url), port, log_path)
+        if not auth:
+            return cls(fhirpm_command(port, store_url), port, log_path)
+        server = cls(fhirpm_command(port, store_url), port, log_path,
+                     env=server_env(FHIRPM_AUTH__ENABLED="true"))
+        server.token = staff_token(store_url, port)
+        return server
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     @property
     def pid(self) -> int:

@@ -17,5 +17,5 @@ def store_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def server(store_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
-    with ServerProcess.fhirpm(store_url, tmp_path / "server.log") as running:
+    with ServerProcess.fhirpm(store_url, tmp_path / "server.log", auth=True) as running:
         yield running

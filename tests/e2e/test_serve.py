@@ -15,7 +15,12 @@ FHIR_JSON = {"Content-Type": "application/fhir+json", "Accept": "application/fhi
 
 
 def test_create_then_read_over_http(server: ServerProcess) -> None:
-    with httpx.Client(base_url=server.base_url + "/fhir/", headers=FHIR_JSON) as client:
+    with httpx.Client(base_url=server.base_url + "/fhir/", headers=FHIR_JSON) as anonymous:
+        refused = anonymous.get("Patient/does-not-exist")
+        assert refused.status_code == 401  # authorization is on, as deployed
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+    with httpx.Client(base_url=server.base_url + "/fhir/",
+                      headers={**FHIR_JSON, **server.auth_headers}) as client:
         created = client.post("Patient", content=PATIENT)
         assert created.status_code == 201, created.text
         location = created.headers["location"]
