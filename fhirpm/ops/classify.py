@@ -9,7 +9,7 @@ bundle handler names it through `context.label_interaction`.
 
 from __future__ import annotations
 
-from fhirpm.fhir.types import is_resource_type
+from fhirpm.fhir.types import RESOURCE_TYPES
 
 OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -20,22 +20,27 @@ _INSTANCE = {"GET": "read", "HEAD": "read", "PUT": "update", "PATCH": "patch",
 def classify(method: str, path: str, mount: str = "/fhir",
              label: str | None = None) -> tuple[str, str]:
     """(interaction, resource type or "") for a request."""
-    if path != mount and not path.startswith(mount + "/"):
+    if not path.startswith(mount) or path[len(mount):len(mount) + 1] not in ("", "/"):
         if path in OPS_PATHS:
             return "ops", ""
         if path == "/auth" or path.startswith("/auth/"):
             return "auth", ""
         return "other", ""
+    rest = path[len(mount) + 1:]
+    parts = rest.split("/") if rest else []
+    if "" in parts:  # "Patient//1/": empty segments do not count
+        parts = [p for p in parts if p]
+    operation = "$" in rest
+    if (len(parts) == 2 and not operation and parts[1][0] != "_" and method != "OPTIONS"
+            and parts[0] != ".well-known"):  # the commonest shape: one resource
+        return _INSTANCE.get(method, "other"), _type(parts[0])
     if method == "OPTIONS":
         return "options", ""
-    rest = path[len(mount) + 1:]
-    parts = rest.split("/") if rest and "//" not in rest and rest[-1] != "/" else [
-        p for p in rest.split("/") if p]
-    return _fhir(method, parts, label, "$" in rest)
+    return _fhir(method, parts, label, operation)
 
 
 def _type(name: str) -> str:
-    return name if is_resource_type(name) else "unknown"
+    return name if name in RESOURCE_TYPES else "unknown"
 
 
 def _fhir(method: str, parts: list[str], label: str | None,

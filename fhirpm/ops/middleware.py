@@ -35,6 +35,7 @@ access = logging.getLogger("fhirpm.access")
 Scope = dict[str, Any]
 Message = dict[str, Any]
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
+_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 _MAX_LOGIN_FORM = 64 * 1024
 
 
@@ -60,21 +61,16 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         start = perf_counter()
-        rid = origin = None
-        forwarded: dict[bytes, bytes] = {}
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                rid = value
-            elif name == b"origin":
-                origin = value
-            elif name.startswith(b"x-forwarded-"):
-                forwarded[name] = value
-        peer = scope["client"][0] if scope.get("client") else None
-        if forwarded and self.ops.proxies.trusts(peer):
-            scope = self.ops.believe_forwarded(scope, peer, forwarded)
-        client = scope["client"][0] if scope.get("client") else None
-        exchange = context.Exchange(context.request_id(rid), scope["method"], scope["path"],
-                                    client, scope.get("scheme", "http"))
+        headers = dict(scope["headers"])  # one C-level pass; names are lower-case
+        connection = scope.get("client")
+        client = connection[0] if connection else None
+        if self.ops.proxies and _FORWARDED & headers.keys() and self.ops.proxies.trusts(client):
+            scope = self.ops.believe_forwarded(scope, client, headers)
+            client = scope["client"][0] if scope.get("client") else None
+        origin = headers.get(b"origin")
+        exchange = context.Exchange(context.request_id(headers.get(b"x-request-id")),
+                                    scope["method"], scope["path"], client,
+                                    scope.get("scheme", "http"))
         token = context._current.set(exchange)
         answer = _Answer()
         self.ops.in_flight += 1
