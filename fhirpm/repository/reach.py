@@ -35,9 +35,20 @@ from fhirpm.auth.errors import insufficient_scope
 from fhirpm.errors import FhirError
 from fhirpm.fhir import jsonio
 from fhirpm.repository.search import compartments
+from fhirpm.search.extract import OF_TYPE_SUFFIX
 from fhirpm.search.match import MemoryIndex
 from fhirpm.search.parse import BadParam, SearchParser
-from fhirpm.search.query import AllOf, AnyOf, Clause, Param, RefPred, TokenPred
+from fhirpm.search.query import (
+    AllOf,
+    AnyOf,
+    Chain,
+    Clause,
+    Missing,
+    Not,
+    Param,
+    RefPred,
+    TokenPred,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -183,8 +194,8 @@ class Policy:
         if version.deleted:
             return False
         resource = jsonio.loads(version.body)
-        return holds(clause, version.type, version.id,
-                     self.ix.repo.indexer.extract(version.type, resource))
+        entries = self.ix.repo.indexer.extract(version.type, resource, only=codes(clause))
+        return holds(clause, version.type, version.id, entries)
 
     def readable(self, version: ResourceVersion, letter: str = "r") -> bool:
         """Whether the caller may see this version (a resource met along the way)."""
@@ -193,6 +204,30 @@ class Policy:
         except FhirError:
             return False
         return self.permits(clause, version)
+
+
+_codes: dict[Clause, frozenset[str]] = {}
+
+
+def codes(clause: Clause) -> frozenset[str]:
+    """The parameter codes `clause` reads on its own resource (what to extract)."""
+    found = _codes.get(clause)
+    if found is None:
+        if len(_codes) >= _CACHE_LIMIT:
+            _codes.clear()
+        found = _codes[clause] = frozenset(_walk(clause))
+    return found
+
+
+def _walk(clause: Clause) -> list[str]:
+    match clause:
+        case Param(code=code) | Missing(code=code) | Chain(code=code):
+            return [code.removesuffix(OF_TYPE_SUFFIX)]
+        case Not(clause=inner):
+            return _walk(inner)
+        case AnyOf(clauses=clauses) | AllOf(clauses=clauses):
+            return [code for c in clauses for code in _walk(c)]
+    return []  # Has: other resources' values, never this one's
 
 
 def holds(clause: Clause, type: str, id: str, entries: Sequence[IndexEntry]) -> bool:

@@ -37,7 +37,7 @@ passed validation and indexing must not fail a write.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from decimal import Decimal
 from functools import lru_cache, partial
 from typing import Any, Protocol
@@ -70,7 +70,8 @@ Converter = Callable[[Any], Iterator[IndexValue]]
 
 
 class Indexer(Protocol):
-    def extract(self, type: str, resource: dict[str, Any]) -> list[IndexEntry]: ...
+    def extract(self, type: str, resource: dict[str, Any], *,
+                only: Collection[str] | None = None) -> list[IndexEntry]: ...
 
 
 # -- converters, one per parameter type --------------------------------------------------
@@ -315,13 +316,17 @@ class RegistryIndexer:
         self._plans: dict[str, list[Step]] = {}
         self._revision = registry.revision
 
-    def extract(self, type: str, resource: dict[str, Any]) -> list[IndexEntry]:
+    def extract(self, type: str, resource: dict[str, Any], *,
+                only: Collection[str] | None = None) -> list[IndexEntry]:
+        """`only`: just these parameter codes (an access check needs a few, not all)."""
         entries: list[IndexEntry] = []
         focus, env = [resource], (resource, resource)
         present = resource.keys()
         for code, convert, fn, keys, of_type in self.plan(type):
             if keys is not None and present.isdisjoint(keys):
                 continue  # none of the elements it reads is there: skip the call
+            if only is not None and code not in only:
+                continue
             try:
                 values = fn(focus, env)
                 if not values:
