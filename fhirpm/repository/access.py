@@ -177,7 +177,15 @@ def unknown(type: str, id: str) -> FhirError:
 async def _write(ix: Interactions, req: FhirRequest, parts: list[str], handler: Handler,
                  policy: Policy, rule: Rule) -> FhirResponse:
     check_type(parts[0])
-    policy.reach(parts[0], rule.letter)  # 403 before anything is read
+    clause = policy.reach(parts[0], rule.letter)  # 403 before anything is read
+    if clause is not None and len(parts) == 2:
+        # refused before If-Match is looked at: a 412 would tell another patient's version
+        unit = req.uow
+        current = await (unit.current(*parts) if unit is not None else
+                         ix.repo.store.read(*parts))
+        if current is not None and not await visible(ix, policy, clause, current):
+            raise policy.refusal(parts[0], rule.letter, f"{parts[0]}/{parts[1]} is outside "
+                                 "what this token may change")
     if isinstance(req.uow, GuardedUnit):  # a conditional write re-dispatching itself
         return _found_within(policy, rule, await handler(ix, req, parts))
     async with ix.repo.unit(req.uow) as unit:

@@ -49,6 +49,10 @@ async def test_another_patients_resource_cannot_be_changed_or_deleted(world: Wor
                           json=[{"op": "replace", "path": "/status", "value": "amended"}]))
     refused(await a.delete("Observation/b-lab"))
     refused(await a.delete("Patient/B"))
+    for if_match in ('W/"1"', 'W/"2"'):  # a 412 would tell B's current version
+        refused(await a.put("Observation/b-lab", json=hijack,
+                            headers={**JSON, "If-Match": if_match}))
+        refused(await a.delete("Observation/b-lab", headers={"If-Match": if_match}))
     assert await version(world, "Observation/b-lab") == before
 
 
