@@ -3,6 +3,7 @@ constructs them. Config reaches each part as an argument."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -12,7 +13,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, request_response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fhirpm import __version__
 from fhirpm.api.bearer import Callers
@@ -87,8 +88,8 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
                 await hl7.stop()
             await store.close()
 
-    app = FastAPI(title="fhirpm", version=__version__, lifespan=lifespan,
-                  docs_url="/docs", openapi_url="/openapi.json")
+    app = FhirApp(title="fhirpm", version=__version__, lifespan=lifespan,
+                  docs_url="/docs", openapi_url="/openapi.json", **_NO_OTEL)
     app.state.auth = None
     callers = None  # who calls the FHIR API (fhirpm.api.bearer); None: authorization off
     if settings.auth.enabled:  # SMART authorization server; before the FHIR catch-all
@@ -110,14 +111,62 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
     app.router.routes.append(Route(FHIR_MOUNT + "/{path:anything}", fhir))
     from fhirpm import ops  # request ids, access log, limits, CORS, health, metrics
 
-    ops.install(app, settings, store, interactions, auth=settings.auth.enabled,
-                mount=FHIR_MOUNT)  # app.state.ops: readiness checks and metrics register here
+    ops_layer = ops.install(app, settings, store, interactions, auth=settings.auth.enabled,
+                            mount=FHIR_MOUNT)  # app.state.ops: checks and metrics register here
+    from fhirpm.ops.middleware import EdgeMiddleware
+
+    app.fhir_fast_path = EdgeMiddleware(fhir, ops=ops_layer)
+    _fhir_routes_first(app)
     app.state.interactions = interactions
     app.state.store = store
     app.state.changes = changes
     app.state.hl7 = hl7
     app.state.settings = settings
     return app
+
+
+# fhirpm exports its own Prometheus metrics (fhirpm.ops); FastAPI's OpenTelemetry hooks
+# would cost every request a provider check for nothing. Older FastAPIs have no such hooks.
+_NO_OTEL = ({"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+            if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
+
+
+class FhirApp(FastAPI):
+    """FastAPI with a fast path for the hot path: a FHIR request (any path under the base
+    but `.well-known/`) goes through the edge middleware (request ids, logs, CORS, limits,
+    metrics) straight to the FHIR endpoint. FastAPI's own layers (error pages, exception
+    handlers, exit stacks, route scan) do nothing for it, since the endpoint answers every
+    error itself as an OperationOutcome, and they cost about a third of a read."""
+
+    fhir_fast_path: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast = self.fhir_fast_path
+        if fast is not None and scope["type"] == "http" and _is_fhir_path(scope["path"]):
+            scope["app"] = self
+            await fast(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def _is_fhir_path(path: str) -> bool:
+    if path == FHIR_MOUNT:
+        return True
+    return path.startswith(_FHIR_PREFIX) and not path.startswith(_WELL_KNOWN)
+
+
+_FHIR_PREFIX = FHIR_MOUNT + "/"
+_WELL_KNOWN = FHIR_MOUNT + "/.well-known/"
+
+
+def _fhir_routes_first(app: FastAPI) -> None:
+    """Routes under the FHIR base go first, in their own order (exact ones such as
+    `.well-known/smart-configuration` were added before the catch-all): a FHIR request is
+    the hot path and should not be matched against every auth, docs and ops route first."""
+    routes = app.router.routes
+    fhir = [r for r in routes if getattr(r, "path", "").startswith(FHIR_MOUNT)]
+    rest = [r for r in routes if not getattr(r, "path", "").startswith(FHIR_MOUNT)]
+    routes[:] = fhir + rest
 
 
 class _Anything(Convertor[str]):
