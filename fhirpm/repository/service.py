@@ -24,6 +24,7 @@ from fhirpm.storage.port import (
     HistoryQuery,
     ResourceStore,
     ResourceVersion,
+    StoreError,
     UnitOfWork,
     VersionConflict,
 )
@@ -68,12 +69,20 @@ class Repository:
 
     @asynccontextmanager
     async def unit(self, uow: UnitOfWork | None) -> AsyncIterator[UnitOfWork]:
-        """Reuse the caller's unit of work, or open (and commit) a new one."""
+        """Reuse the caller's unit of work, or open (and commit) a new one.
+
+        A store may refuse at commit (MongoDB: another writer won the race) or fail; that
+        reaches the client as a 409 or 503 OperationOutcome, never as a 500."""
         if uow is not None:
             yield uow
             return
-        async with self.store.unit_of_work() as own:
-            yield own
+        try:
+            async with self.store.unit_of_work() as own:
+                yield own
+        except VersionConflict as exc:
+            raise FhirError(Category.CONFLICT, f"Concurrent write, try again: {exc}") from None
+        except StoreError as exc:
+            raise FhirError(Category.UNAVAILABLE, f"The store failed: {exc}") from None
 
     # -- reads ----------------------------------------------------------------------
 
