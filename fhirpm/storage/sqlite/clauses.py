@@ -313,7 +313,8 @@ class Compiler:
         else:
             src = self.test(has.clause, [has.type], Row(f"{a}.rid"))
             table = f"ix_reference {a}"
-        return (f"SELECT {t}.rid FROM {table} JOIN resources {t} ON "
+        # CROSS JOIN: references first, then their targets (never every target first)
+        return (f"SELECT {t}.rid FROM {table} CROSS JOIN resources {t} ON "
                 f"{t}.type = {a}.ref_type AND {t}.id = {a}.ref_id WHERE {a}.param = ? AND "
                 f"+{a}.url IS NULL AND {ty[0]} AND ({src[0]}) AND {t}.deleted = 0",
                 [f"{has.type}.{has.code}", *ty[1], *src[1]])
@@ -359,7 +360,7 @@ class Compiler:
         branches = [_and((f"{t}.type = ?", [target]), self.test(inner, [target], target_row))
                     for target, inner in chain.targets]
         cond = _or(branches)
-        return (f"EXISTS (SELECT 1 FROM {_by_rid('reference', a)} JOIN resources {t} ON "
+        return (f"EXISTS (SELECT 1 FROM {_by_rid('reference', a)} CROSS JOIN resources {t} ON "
                 f"{t}.type = {a}.ref_type AND {t}.id = {a}.ref_id WHERE {a}.rid = {row.rid} "
                 f"AND {k[0]} AND +{a}.url IS NULL AND {t}.deleted = 0 AND ({cond[0]}))",
                 k[1] + cond[1])

@@ -113,6 +113,13 @@ DROP INDEX ix_uri_lookup;
 CREATE INDEX ix_uri_lookup ON ix_uri (param, uri, rid)
 """
 
+# Local references are matched with `url IS NULL` (an absolute URL is parsed into type and
+# id too): carrying url in the index keeps a reference lookup index-only.
+REFERENCE_URL_DDL = """
+DROP INDEX ix_reference_target;
+CREATE INDEX ix_reference_target ON ix_reference (param, ref_id, ref_type, rid, url)
+"""
+
 TABLES = ("ix_string", "ix_token", "ix_reference", "ix_date", "ix_number", "ix_quantity",
           "ix_uri")
 

@@ -56,7 +56,7 @@ CREATE TABLE documents (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS: list[str] = [CORE, index.DDL, DOCUMENTS, index.SEARCH_DDL]
+MIGRATIONS: list[str] = [CORE, index.DDL, DOCUMENTS, index.SEARCH_DDL, index.REFERENCE_URL_DDL]
 
 
 def migrate(conn: sqlite3.Connection) -> None:

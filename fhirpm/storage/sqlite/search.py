@@ -45,7 +45,7 @@ from __future__ import annotations
 import base64
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 
@@ -126,6 +126,7 @@ class Plan:
     rid_col: str  # the column pages are keyed on
     group: bool  # GROUP BY rid_col (a streamed index may hold a resource twice)
     count_sql: Sql | None = None  # an index-only count, when the plan allows one
+    known_total: int | None = None  # counted while planning (materialised matches)
 
 
 def _streamable(clause: Clause, types: Sequence[str]) -> bool:
@@ -184,16 +185,13 @@ class Planner:
         return (" AND ".join(f"({s})" for s, _ in parts) or "1",
                 [a for _, args in parts for a in args])
 
-    def _live(self, indexed: bool = True) -> Sql:
-        """Live resources of the query's types in the snapshot; `indexed=False` keeps the
-        planner from walking resources_live when a rid list drives (unary + hides a column
-        from index selection)."""
+    def _live(self) -> Sql:
+        """Live resources of the query's types in the snapshot."""
         types = list(self.query.types)  # none: every type, in rid order without a filter
-        p = "" if indexed else "+"
-        type_sql = ("1" if not types else f"{p}r.type = ?" if len(types) == 1
-                    else f"{p}r.type IN ({','.join('?' * len(types))})")
+        type_sql = ("1" if not types else "r.type = ?" if len(types) == 1
+                    else f"r.type IN ({','.join('?' * len(types))})")
         then = self._then()
-        return (f"{type_sql} AND {p}r.deleted = 0 AND {p}r.rid <= ? AND {then[0]}",
+        return (f"{type_sql} AND r.deleted = 0 AND r.rid <= ? AND {then[0]}",
                 [*types, self.snapshot.rid, *then[1]])
 
     def _then(self) -> Sql:
@@ -222,10 +220,23 @@ class Planner:
                      driver[1] + then[1] + tests[1]), "a0.rid", True, count)
 
     def _materialise(self, index: int, rids: Sql) -> Plan:
-        live, tests = self._live(indexed=False), self._tests(index)
+        """Every match of a small driver, found once (each clause tested once per driver
+        row, on the index tables alone); the page and the total both come from the list."""
+        row = Row("d.rid")
+        tests = [self.comp.test(cl, self.types, row)
+                 for i, cl in enumerate(self.query.where) if i != index]
+        cond = " AND ".join(f"({sql})" for sql, _ in tests) or "1"
+        args = [a for _, targs in tests for a in targs]
+        if self.pinned:  # only what was live at the snapshot (needs the resource row)
+            then = self._then()
+            cond += (f" AND d.rid <= ? AND EXISTS (SELECT 1 FROM resources r WHERE "
+                     f"r.rid = d.rid AND r.deleted = 0 AND {then[0]})")
+            args += [self.snapshot.rid, *then[1]]
+        found = [r[0] for r in self.c.execute(
+            f"SELECT DISTINCT d.rid FROM ({rids[0]}) d WHERE {cond}", [*rids[1], *args])]
         return Plan("materialise", "resources r",
-                    (f"r.rid IN ({rids[0]}) AND {live[0]} AND {tests[0]}",
-                     rids[1] + live[1] + tests[1]), "r.rid", False)
+                    ("r.rid IN (SELECT value FROM json_each(?))", [orjson.dumps(found).decode()]),
+                    "r.rid", False, known_total=len(found))
 
     def _walk(self) -> Plan:
         live, tests = self._live(), self._tests(None)
@@ -276,15 +287,28 @@ def _at(first: Cursor, backward: bool, position: tuple | None) -> str | None:
 
 
 def explain(c: sqlite3.Connection, query: SearchQuery, *, pinned: bool = False) -> list[str]:
-    """EXPLAIN QUERY PLAN of a page's statement (a later page's when `pinned`)."""
-    planner = Planner(c, query, _snapshot(c), pinned=pinned)
-    sql, args = _page_sql(planner, planner.plan(), None, query.count + 1)
-    return [row[3] for row in c.execute("EXPLAIN QUERY PLAN " + sql, args)]
+    """EXPLAIN QUERY PLAN of every statement a search runs (a later page's when `pinned`):
+    the statements are recorded while the search runs, then explained."""
+    ran: list[str] = []
+    c.set_trace_callback(ran.append)
+    try:
+        first = run(c, replace(query, cursor=None))
+        if pinned:
+            ran.clear()
+            run(c, replace(query, cursor=first.first_cursor))
+    finally:
+        c.set_trace_callback(None)
+    return [row[3] for sql in ran if sql.lstrip().upper().startswith(("SELECT", "WITH"))
+            for row in c.execute("EXPLAIN QUERY PLAN " + sql)]
 
 
 def _total(c: sqlite3.Connection, plan: Plan, mode: str) -> int | None:
     if mode == "none":
         return None
+    if plan.known_total is not None:
+        return plan.known_total
+    if mode == "estimate" and plan.count_sql is None:
+        return None  # counting would test row after row: not an estimate's price
     if plan.count_sql is not None:
         inner, args = plan.count_sql
     else:
@@ -335,22 +359,32 @@ def _page_sql(planner: Planner, plan: Plan, cursor: Cursor | None, limit: int) -
                 f"WHERE {plan.filters[0]} AND {keyset[0]}{group} ORDER BY {plan.rid_col} "
                 f"{'DESC' if backward else 'ASC'} LIMIT {limit}",
                 plan.filters[1] + keyset[1])
+    # The sort keys of every match are computed once into a small materialised table
+    # (rid, seq, keys); the page is cut from it, and only the page's rows read history.
     exprs = [sort_expr(k, planner.types, "r.rid", "r.id") for k in sort]
     key_cols = ", ".join(f"{s} AS k{i}" for i, (s, _) in enumerate(exprs))
-    inner = (f"SELECT {_COLS}, {key_cols} FROM {plan.source} JOIN history h ON "
-             f"h.seq = r.seq WHERE {plan.filters[0]}")
-    inner_args = [a for _, args in exprs for a in args] + plan.filters[1]
+    names = ", ".join(f"p.k{i}" for i in range(len(sort)))
+    keyed = (f"SELECT r.rid AS rid, r.seq AS seq, {key_cols} FROM {plan.source} "
+             f"WHERE {plan.filters[0]}")
+    keyed_args = [a for _, args in exprs for a in args] + plan.filters[1]
     # (missing flag asc, value in the key's direction) per key, then rid ascending
     columns: list[tuple[str, bool]] = []
     for i, k in enumerate(sort):
-        columns += [(f"(q.k{i} IS NULL)", False), (f"coalesce(q.k{i}, 0)", k.descending)]
-    columns.append(("q.rid", False))
+        columns += [(f"({{t}}.k{i} IS NULL)", False),
+                    (f"coalesce({{t}}.k{i}, 0)", k.descending)]
+    columns.append(("{t}.rid", False))
     if backward:
         columns = [(col, not desc) for col, desc in columns]
-    keyset = _after(columns, cursor.position) if cursor and cursor.position else ("1", [])
-    order = ", ".join(f"{col} {'DESC' if desc else 'ASC'}" for col, desc in columns)
-    return (f"SELECT * FROM ({inner}) q WHERE {keyset[0]} ORDER BY {order} LIMIT {limit}",
-            inner_args + keyset[1])
+    on_q = [(col.format(t="q"), desc) for col, desc in columns]
+    keyset = _after(on_q, cursor.position) if cursor and cursor.position else ("1", [])
+
+    def order(t: str) -> str:
+        return ", ".join(f"{col.format(t=t)} {'DESC' if desc else 'ASC'}"
+                         for col, desc in columns)
+    return (f"WITH q AS MATERIALIZED ({keyed}) SELECT {_COLS.replace('r.rid', 'p.rid')}, "
+            f"{names} FROM (SELECT * FROM q WHERE {keyset[0]} ORDER BY {order('q')} "
+            f"LIMIT {limit}) p JOIN history h ON h.seq = p.seq ORDER BY {order('p')}",
+            keyed_args + keyset[1])
 
 
 def _after(columns: list[tuple[str, bool]], position: Sequence[object]) -> Sql:
@@ -413,8 +447,8 @@ def _follow(c: sqlite3.Connection, frontier: list[tuple[int, str, str]],
             continue
         k = keys([rule.source], "")  # "Type." prefix
         params = [k[0] + code for code in rule.codes]
-        sql = (f"SELECT DISTINCT t.rid FROM ix_reference a JOIN resources t ON "
-               f"t.type = a.ref_type AND t.id = a.ref_id WHERE a.rid IN "
+        sql = (f"SELECT DISTINCT t.rid FROM ix_reference a INDEXED BY ix_reference_rid "
+               f"CROSS JOIN resources t ON t.type = a.ref_type AND t.id = a.ref_id WHERE a.rid IN "
                f"({','.join('?' * len(rids))}) AND a.param IN ({','.join('?' * len(params))}) "
                "AND +a.url IS NULL AND t.deleted = 0")
         args: list[object] = [*rids, *params]
