@@ -65,30 +65,41 @@ class CapabilityStatement:
         self._etag = ""
 
     async def __call__(self, req: FhirRequest) -> FhirResponse:
-        self._refresh(req.base)
+        self._refresh(req.base, await _not_yet_searchable(self.ix))
         headers = {"ETag": self._etag, "Cache-Control": CACHE_CONTROL}
         asked = req.headers.get("if-none-match")
         if asked and parse_etag(self._etag) in {parse_etag(t) for t in asked.split(",")}:
             return FhirResponse(304, None, headers)
         return FhirResponse(200, self._body, headers)
 
-    def _refresh(self, base: str) -> None:
+    def _refresh(self, base: str, hidden: frozenset[str]) -> None:
         registry = getattr(self.ix.repo, "registry", None)
         fingerprint = (
-            base, id(registry), getattr(registry, "revision", len(getattr(registry, "by_url",
-                                                                          ()))),
+            base, id(registry), hidden,
+            getattr(registry, "revision", len(getattr(registry, "by_url", ()))),
             tuple(sorted(self.ix.operations)), repr(sorted(self.ix.features.items())),
             self.ix.search_handler is not None, self.ix.system_post is not None,
             tuple(sorted(allowed_methods(shape) for _, shape, _ in _TYPE_INTERACTIONS)),
         )
         if fingerprint == self._fingerprint:
             return
-        self._body = jsonio.dumps(build(self.ix, base, registry))
+        self._body = jsonio.dumps(build(self.ix, base, registry, hidden))
         self._etag = f'W/"{hashlib.sha256(self._body).hexdigest()[:16]}"'
         self._fingerprint = fingerprint
 
 
-def build(ix: Interactions, base: str, registry: Any = None) -> dict[str, Any]:
+async def _not_yet_searchable(ix: Interactions) -> frozenset[str]:
+    """URLs of custom SearchParameters whose reindex job has not finished: a parameter is
+    listed only once searching it finds everything it should."""
+    if ix.search_handler is None:
+        return frozenset()
+    from fhirpm.repository import reindex
+
+    return frozenset(await reindex.pending(ix))
+
+
+def build(ix: Interactions, base: str, registry: Any = None,
+          hidden: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The CapabilityStatement as a dict (see the module docstring for its sources)."""
     operations = registered(ix)
     statement: dict[str, Any] = {
@@ -106,7 +117,7 @@ def build(ix: Interactions, base: str, registry: Any = None) -> dict[str, Any]:
         statement["patchFormat"] = list(ix.features["patchFormat"])
     rest: dict[str, Any] = {
         "mode": "server",
-        "resource": [_resource(ix, type, registry, operations)
+        "resource": [_resource(ix, type, registry, operations, hidden)
                      for type in sorted(RESOURCE_TYPES)],
         "interaction": _system_interactions(ix),
     }
@@ -121,7 +132,7 @@ def build(ix: Interactions, base: str, registry: Any = None) -> dict[str, Any]:
 
 
 def _resource(ix: Interactions, type: str, registry: Any,
-              operations: list[OperationSpec]) -> dict[str, Any]:
+              operations: list[OperationSpec], hidden: frozenset[str]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "type": type,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{type}",
@@ -136,7 +147,7 @@ def _resource(ix: Interactions, type: str, registry: Any,
         value = ix.features.get(key, _DEFAULTS.get(key))
         if value is not None:
             out[key] = value
-    params = _search_params(registry, type)
+    params = _search_params(registry, type, hidden)
     if params:
         out["searchParam"] = params
     ops = [_operation(op) for op in operations
@@ -146,12 +157,13 @@ def _resource(ix: Interactions, type: str, registry: Any,
     return out
 
 
-def _search_params(registry: Any, type: str) -> list[dict[str, Any]]:
+def _search_params(registry: Any, type: str,
+                   hidden: frozenset[str]) -> list[dict[str, Any]]:
     if registry is None:
         return []
     params = registry.for_type(type)
     return [{"name": code, "definition": p.url, "type": p.type}
-            for code, p in sorted(params.items())]
+            for code, p in sorted(params.items()) if p.url not in hidden]
 
 
 def _operation(op: OperationSpec) -> dict[str, Any]:

@@ -89,3 +89,17 @@ async def test_leases_decide_who_works_on_a_job(client: httpx.AsyncClient,
     busy = await reindex.status(ix, "all:busy")
     assert crashed["status"] == "done" and crashed["done"] == 1  # resumed after its lease
     assert busy["status"] == "running" and busy["owner"] == "live-process"  # left alone
+
+
+async def test_capability_statement_lists_a_parameter_once_searchable(
+        client: httpx.AsyncClient, app: FastAPI) -> None:
+    async def patient_params() -> set[str]:
+        statement = (await client.get("metadata")).json()
+        patient = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Patient")
+        return {p["name"] for p in patient["searchParam"]}
+
+    await put_all(client, [PARAM])
+    pending = await patient_params()
+    assert "favorite-color" not in pending and "birthdate" in pending
+    await reindex.drain(app.state.interactions)
+    assert "favorite-color" in await patient_params()
