@@ -4,11 +4,10 @@ registered inline or served from a JWKS URL (a real HTTP server on loopback)."""
 from __future__ import annotations
 
 import functools
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import orjson
@@ -17,6 +16,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
 from tests.auth.conftest import TOKEN_URL, Env
+from tests.loopback import serving
 
 ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
@@ -158,16 +158,8 @@ def jwks_server() -> Iterator[tuple[str, dict[str, Any]]]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/jwks.json", served
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with serving(Handler) as url:
+        yield f"{url}/jwks.json", served
 
 
 async def test_keys_from_a_jwks_url_with_rotation(env: Env,

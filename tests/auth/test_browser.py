@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 from fhirpm.auth.server import AuthServer
 from tests.auth.conftest import PASSWORD, put_patient
 from tests.auth.live import live_auth
+from tests.loopback import serving
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BUNDLE = Path(__file__).parent / "browser/node_modules/fhirclient/build/fhir-client.js"
@@ -80,16 +80,8 @@ def app_server() -> Iterator[tuple[str, dict[str, Any]]]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", values
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with serving(Handler) as url:
+        yield f"{url}", values
 
 
 @pytest.fixture(scope="module")
