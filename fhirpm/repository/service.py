@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from fhirpm.errors import Category, FhirError
 from fhirpm.fhir import jsonio
@@ -28,6 +28,29 @@ from fhirpm.storage.port import (
     UnitOfWork,
     VersionConflict,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One resource write as a write rule sees it: the live content before and after."""
+
+    type: str
+    id: str
+    method: str  # POST | PUT | PATCH | DELETE | the caller's own (merges)
+    before: dict[str, Any] | None  # None: it did not exist (or was deleted)
+    after: dict[str, Any] | None  # None: this write deletes it; else as stored (with meta)
+
+
+class WriteRule(Protocol):
+    """Keeps other resources consistent with a write, inside the writer's unit of work.
+
+    Workflow packages register rules for the types they own (scheduling: an Appointment
+    takes and frees its Slots). A rule runs after the write is validated and put, before
+    the unit commits, on every path (REST, bundles, operations, HL7 v2); it may write
+    through `repo` with `uow=unit` (those writes run their own rules) or raise FhirError,
+    which aborts the whole unit: the write and everything the rule did."""
+
+    async def apply(self, repo: Repository, unit: UnitOfWork, change: Change) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +87,11 @@ class Repository:
         self.indexer = indexer
         # the search parameters in force (search parsing, capability, custom parameters)
         self.registry = registry if registry is not None else Registry.load_default()
+        self._rules: dict[str, list[WriteRule]] = {}
+
+    def add_rule(self, type: str, rule: WriteRule) -> None:
+        """Run `rule` on every write of `type` (see WriteRule)."""
+        self._rules.setdefault(type, []).append(rule)
 
     # -- units of work --------------------------------------------------------------
 
@@ -165,6 +193,7 @@ class Repository:
             tombstone = ResourceVersion(type, id, current.version + 1,
                                         _after(current), "DELETE", b"")
             await self._put(unit, tombstone, [], current.version)
+            await self._run_rules(unit, type, id, current, None, "DELETE")
             return WriteResult(tombstone, created=False)
 
     async def _write(self, unit: UnitOfWork, type: str, id: str, resource: dict[str, Any],
@@ -184,7 +213,19 @@ class Repository:
         version = ResourceVersion(type, id, version_number, last_updated, method, body)
         await self._put(unit, version, self.indexer.extract(type, stored),
                         current.version if current else 0, unique_keys)
+        await self._run_rules(unit, type, id, current if live else None, stored, method)
         return WriteResult(version, created=not live)
+
+    async def _run_rules(self, unit: UnitOfWork, type: str, id: str,
+                         current: ResourceVersion | None, after: dict[str, Any] | None,
+                         method: str) -> None:
+        rules = self._rules.get(type)
+        if not rules:  # the common case costs one dict lookup
+            return
+        before = jsonio.loads(current.body) if current is not None else None
+        change = Change(type, id, method, before, after)
+        for rule in rules:
+            await rule.apply(self, unit, change)
 
     async def _put(self, unit: UnitOfWork, version: ResourceVersion, entries: list,
                    expected: int, unique_keys: tuple[str, ...] = ()) -> None:
