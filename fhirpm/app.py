@@ -21,6 +21,7 @@ from fhirpm.api.routes import FhirEndpoint
 from fhirpm.changes import ChangeFeed
 from fhirpm.config import Settings
 from fhirpm.fhir.validation import FhirkitValidator
+from fhirpm.jobs import Jobs
 from fhirpm.repository import Repository
 from fhirpm.repository.interactions import Interactions
 from fhirpm.search.extract import RegistryIndexer
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
     store = store or store_from_settings(settings)
     interactions = build_interactions(settings, store)
     changes = ChangeFeed(store)  # consumers subscribe before startup; see fhirpm.changes
+    jobs = Jobs(store)  # periodic jobs shared by every process; register before startup
     hl7 = None
     if settings.hl7.enabled:  # the MLLP listener and the v2 outbox (fhirpm.hl7v2)
         from fhirpm.hl7v2.bridge import Bridge
@@ -80,9 +82,11 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
         if hl7 is not None:
             await hl7.start()
         await changes.start()
+        await jobs.start()
         try:
             yield
         finally:
+            await jobs.stop()
             await changes.stop()
             if hl7 is not None:
                 await hl7.stop()
@@ -120,6 +124,7 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
     app.state.interactions = interactions
     app.state.store = store
     app.state.changes = changes
+    app.state.jobs = jobs
     app.state.hl7 = hl7
     app.state.settings = settings
     return app

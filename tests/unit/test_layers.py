@@ -19,10 +19,11 @@ RANKS = {
     # pure data the resource server's access policy (repository.access) works with
     "fhirpm.auth.errors": 2, "fhirpm.auth.principal": 2,
     "fhirpm.storage": 3,
-    "fhirpm.repository": 4, "fhirpm.changes": 4,
+    "fhirpm.repository": 4, "fhirpm.changes": 4, "fhirpm.jobs": 4,
     "fhirpm.operations": 5, "fhirpm.audit": 5, "fhirpm.auth": 5,
     "fhirpm.workflows": 6, "fhirpm.hl7v2": 6, "fhirpm.loader": 6,
-    "fhirpm.api": 7,
+    "fhirpm.scheduling": 6,
+    "fhirpm.api": 7, "fhirpm.ops": 7,
     "fhirpm.app": 8, "fhirpm.cli": 9,
 }
 
