@@ -68,6 +68,9 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
     interactions = build_interactions(settings, store)
     changes = ChangeFeed(store)  # consumers subscribe before startup; see fhirpm.changes
     jobs = Jobs(store)  # periodic jobs shared by every process; register before startup
+    from fhirpm import scheduling
+
+    scheduling.install(interactions, jobs, settings)  # $find/$hold/$book, slots, visits
     hl7 = None
     if settings.hl7.enabled:  # the MLLP listener and the v2 outbox (fhirpm.hl7v2)
         from fhirpm.hl7v2.bridge import Bridge

@@ -1,0 +1,20 @@
+"""Scheduling and online self-booking (issue #6): availability, $find/$hold/$book, the visit.
+
+Everything here is FHIR workflow on top of the repository: operations registered with the
+interactions router, write rules (Repository.add_rule) that keep Appointments and Slots
+consistent on every write path, and periodic jobs (fhirpm.jobs) shared by every server
+process. `install` is the one entry point the composition root calls.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fhirpm.config import Settings
+    from fhirpm.jobs import Jobs
+    from fhirpm.repository.interactions import Interactions
+
+
+def install(interactions: Interactions, jobs: Jobs, settings: Settings) -> None:
+    """Register scheduling's operations, write rules and jobs (each module adds its own)."""
