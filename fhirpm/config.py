@@ -141,6 +141,20 @@ class Hl7Settings(BaseModel):
                 or self.default_sender)
 
 
+class SchedulingSettings(BaseModel):
+    """Scheduling and booking (fhirpm.scheduling, docs/scheduling.md); FHIRPM_SCHEDULING__<NAME>."""
+
+    model_config = {"frozen": True}
+
+    hold_minutes: float = Field(10.0, ge=0)  # how long $hold keeps slots for a patient
+    horizon_days: int = Field(90, ge=1)  # slots are generated this far ahead
+    default_slot_minutes: int = Field(15, ge=1)  # a Schedule without a slot-length extension
+    timezone: str = "UTC"  # IANA zone of schedules whose Location names none
+    release_holds_seconds: float = Field(60.0, gt=0)  # job interval: expired holds freed
+    generate_slots_seconds: float = Field(3600.0, gt=0)  # job interval: horizon rolled on
+    find_max_results: int = Field(100, ge=1)  # most proposed appointments $find returns
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FHIRPM_", env_nested_delimiter="__", frozen=True)
 
@@ -164,6 +178,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     hl7: Hl7Settings = Hl7Settings()  # HL7 v2 bridge (fhirpm.config)
     ops: OpsSettings = OpsSettings()  # health, metrics, limits, TLS, proxies (fhirpm.ops)
+    scheduling: SchedulingSettings = SchedulingSettings()  # fhirpm.scheduling
 
     @property
     def fhir_base(self) -> str:
