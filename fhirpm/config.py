@@ -84,6 +84,20 @@ class OpsSettings(BaseModel):
         return self
 
 
+class AuditSettings(BaseModel):
+    """The audit trail (fhirpm.audit, docs/operations.md); FHIRPM_AUDIT__<NAME>."""
+
+    model_config = {"frozen": True}
+
+    enabled: bool = True  # false: no AuditEvents at all (never in production)
+    fail_closed: bool = True  # a request whose AuditEvent cannot be stored fails (503)
+    retention_days: int = Field(6 * 366, ge=0)  # events older are purged; 0: keep forever
+    purge_interval_seconds: float = Field(3600.0, gt=0)
+    hmac_key: str | None = None  # seals the chain with HMAC-SHA-256 (keep it off the DB host)
+    site: str | None = None  # AuditEvent.source.site, e.g. the practice's name
+    batch_max: int = Field(500, ge=1)  # most read events committed together
+
+
 # -- HL7 v2 bridge (fhirpm.hl7v2): FHIRPM_HL7__<NAME>, nested values as JSON ----------------
 
 
@@ -153,6 +167,15 @@ class SchedulingSettings(BaseModel):
     release_holds_seconds: float = Field(60.0, gt=0)  # job interval: expired holds freed
     generate_slots_seconds: float = Field(3600.0, gt=0)  # job interval: horizon rolled on
     find_max_results: int = Field(100, ge=1)  # most proposed appointments $find returns
+    # The visit (fhirpm.scheduling.visit, video, publish)
+    require_cancel_reason: bool = False  # a cancellation must carry cancelationReason
+    video_provider: str = "jitsi"  # the video-visit provider (fhirpm.scheduling.video)
+    video_base_url: str | None = None  # e.g. https://meet.example.org/; None: no join links
+    publish_enabled: bool = False  # public SMART Scheduling Links at [base]/$bulk-publish
+    publish_max_age: int = Field(300, ge=0)  # Cache-Control max-age of published files
+    publish_lag_seconds: float = Field(5.0, ge=0)  # transactionTime trails now by this
+    publish_booking_url: str | None = None  # booking-deep-link template, "{slot}" = Slot id
+    publish_booking_phone: str | None = None  # booking-phone on every published Slot
 
 
 class Settings(BaseSettings):
@@ -178,6 +201,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     hl7: Hl7Settings = Hl7Settings()  # HL7 v2 bridge (fhirpm.config)
     ops: OpsSettings = OpsSettings()  # health, metrics, limits, TLS, proxies (fhirpm.ops)
+    audit: AuditSettings = AuditSettings()  # the audit trail (fhirpm.audit)
     scheduling: SchedulingSettings = SchedulingSettings()  # fhirpm.scheduling
 
     @property
