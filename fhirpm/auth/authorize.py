@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 from fhirpm.auth.clients import Client, Clients
 from fhirpm.auth.launch import LaunchContext, Launches
 from fhirpm.auth.records import CODES, REQUESTS, AuthDocs, digest, random_token
-from fhirpm.auth.scopes import LAUNCH_SCOPES, ScopeSet, within
+from fhirpm.auth.scopes import ADMIN_SCOPE, LAUNCH_SCOPES, ScopeSet, within
 from fhirpm.auth.sessions import Session
 from fhirpm.auth.tokens import Grant
 from fhirpm.auth.users import User, Users
@@ -171,6 +171,9 @@ class AuthorizeFlow:
         if user is None or (context and context.user and context.user != user.username):
             raise ClientRedirect(self.error_url(pending, "access_denied",
                                                 "the launch belongs to another user"))
+        if ADMIN_SCOPE in pending.scopes and not user.may_administer:  # not even offered
+            pending = replace(pending, scope=str(_without_admin(pending.scopes)))
+            await self._save(pending)
         if pending.needs_patient:
             own = await self._own_patient(user)
             if own is not None:
@@ -234,10 +237,14 @@ class AuthorizeFlow:
         if user is None:
             raise PageError("Please sign in again.")
         context = pending.context
+        patient = context.patient if context and context.patient else pending.patient
+        if not user.may_administer or patient:  # a patient-context token never administers
+            granted = _without_admin(granted)
+            if not granted:
+                return self.error_url(pending, "access_denied", "nothing left to grant")
         grant = Grant(
             client_id=pending.client_id, sub=user.username, scope=str(granted),
-            fhir_user=user.fhir_user,
-            patient=(context.patient if context and context.patient else pending.patient),
+            fhir_user=user.fhir_user, patient=patient,
             encounter=context.encounter if context else None,
             fhir_context=context.fhir_context if context else (),
             need_patient_banner=context.need_patient_banner if context else True,
@@ -262,3 +269,7 @@ def patient_label(resource: dict[str, Any]) -> str:
     text = name.get("text") or ", ".join(p for p in (name.get("family"), given) if p)
     born = resource.get("birthDate")
     return f"{text or 'Unnamed'}{f' ({born})' if born else ''}"
+
+
+def _without_admin(scopes: ScopeSet) -> ScopeSet:
+    return scopes.only(set(scopes.order) - {ADMIN_SCOPE})

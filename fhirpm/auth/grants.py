@@ -5,6 +5,7 @@
   whatever the first exchange issued (RFC 6749 §4.1.2).
 - refresh_token: rotation, narrowing only (see tokens.Tokens.refresh).
 - client_credentials: backend services with a private_key_jwt assertion; system/ scopes.
+  An admin client may also get `fhirpm/admin` this way, with a secret if it has one.
 
 Client authentication follows the client's registered method exactly: `none` (client_id in
 the body), `client_secret_basic` (HTTP Basic; the body form is accepted too), or
@@ -32,7 +33,7 @@ from fhirpm.auth.errors import (
     unauthorized_client,
 )
 from fhirpm.auth.records import CODES, AuthDocs, digest, same_secret
-from fhirpm.auth.scopes import ScopeSet, within
+from fhirpm.auth.scopes import ADMIN_SCOPE, ScopeSet, within
 from fhirpm.auth.tokens import Grant, Tokens
 
 _VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
@@ -157,12 +158,14 @@ class TokenEndpoint:
 
     async def _client_credentials(self, client: Client,
                                   form: Mapping[str, str]) -> dict[str, Any]:
-        if client.auth_method != "private_key_jwt":
+        asymmetric = client.auth_method == "private_key_jwt"
+        if not asymmetric and not client.admin:
             raise unauthorized_client("client_credentials needs private_key_jwt")
         requested = ScopeSet.parse(form.get("scope"))
-        granted = within(requested, ScopeSet.parse(client.scope))
-        granted = ScopeSet.parse(" ".join(s.text for s in granted.resource
-                                          if s.context == "system"))
+        allowed = within(requested, ScopeSet.parse(client.scope))
+        granted = ScopeSet.parse(" ".join(
+            [s.text for s in allowed.resource if s.context == "system" and asymmetric]
+            + [ADMIN_SCOPE] * (ADMIN_SCOPE in allowed and client.admin)))
         if not granted:
             raise invalid_scope("request system/ scopes this client is registered for")
         grant = Grant(client_id=client.client_id, sub=client.client_id, scope=str(granted))

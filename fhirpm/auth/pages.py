@@ -34,6 +34,7 @@ _OTHER = {
     "launch/encounter": "Work with the current encounter",
     "offline_access": "Keep access when you are not using the app",
     "online_access": "Keep access while you are signed in",
+    "fhirpm/admin": "Administer this server's apps and user accounts",
 }
 _WHOSE = {"patient": "of the selected patient", "user": "that you can access",
           "system": "on this server"}

@@ -28,6 +28,7 @@ LAUNCHES = "auth.launches"
 GRANTS = "auth.grants"  # one per authorization: its refresh family and access tokens
 REFRESH = "auth.refresh"
 REVOKED = "auth.revoked"  # access token ids revoked before their expiry
+OWNERS = "auth.owners"  # "client/<id>/<grant>", "user/<name>/<grant>": grants by owner
 JTIS = "auth.jtis"  # client assertion ids seen (replay cache)
 KEYS = "auth.keys"
 

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from fhirpm.auth import pages, registration
+from fhirpm.auth import admin_api, pages, registration
 from fhirpm.auth.authorize import ClientRedirect, PageError
 from fhirpm.auth.discovery import STYLE, openid_configuration, smart_configuration
 from fhirpm.auth.errors import OAuthError, invalid_request
@@ -336,4 +336,5 @@ def build(server: AuthServer, fhir_mount: str, mount: str = "/auth") -> list[Bas
         page("/patient", r.patient),
         page("/consent", r.consent),
         page("/launch", r.launch),
+        *admin_api.build(server, mount),  # {mount}/admin/...: clients and users
     ]

@@ -29,7 +29,10 @@ PERMISSIONS = "cruds"
 LAUNCH_SCOPES = frozenset({"launch", "launch/patient", "launch/encounter"})
 IDENTITY_SCOPES = frozenset({"openid", "fhirUser", "profile"})
 ACCESS_SCOPES = frozenset({"offline_access", "online_access"})
-KNOWN_OTHER = LAUNCH_SCOPES | IDENTITY_SCOPES | ACCESS_SCOPES
+# fhirpm's own: the admin API (clients and users). Only admin clients register it, and only
+# admin users (never with a patient context) or admin backend clients are granted it.
+ADMIN_SCOPE = "fhirpm/admin"
+KNOWN_OTHER = LAUNCH_SCOPES | IDENTITY_SCOPES | ACCESS_SCOPES | {ADMIN_SCOPE}
 
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 _SCOPE = re.compile(

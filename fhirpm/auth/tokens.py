@@ -7,6 +7,8 @@ the ids of the access tokens issued under it, so revoking any of its tokens revo
 all: each live access token id goes on the revocation list, which is all a verifier reads.
 Refresh tokens rotate on every use (single use by compare-and-swap); presenting a used one
 again revokes the whole grant, as a stolen-token signal (OAuth 2.0 Security BCP).
+Each grant is also listed under its client and its user (OWNERS, living as long as the
+grant), so disabling or deleting either revokes all it holds (`revoke_owner`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,15 @@ from joserfc import jwt
 
 from fhirpm.auth.errors import invalid_grant, invalid_scope
 from fhirpm.auth.keys import ALG, KeyRing
-from fhirpm.auth.records import GRANTS, REFRESH, REVOKED, AuthDocs, digest, random_token
+from fhirpm.auth.records import (
+    GRANTS,
+    OWNERS,
+    REFRESH,
+    REVOKED,
+    AuthDocs,
+    digest,
+    random_token,
+)
 from fhirpm.auth.scopes import ScopeSet
 from fhirpm.config import AuthSettings
 
@@ -196,8 +206,15 @@ class Tokens:
                 done = await self.docs.swap(GRANTS, record, grant.grant_id, body,
                                             expires_at=until)
             if done:
+                if record is None or until != record.body.get("until"):
+                    await self._list_under_owners(grant, until)
                 return
         raise invalid_grant("the grant is being changed concurrently; try again")
+
+    async def _list_under_owners(self, grant: Grant, until: int) -> None:
+        for owner in owners_of(grant):
+            await self.docs.put(OWNERS, f"{owner}/{grant.grant_id}",
+                                {"grant_id": grant.grant_id}, expires_at=until)
 
     # -- revocation -------------------------------------------------------------------
 
@@ -216,6 +233,17 @@ class Tokens:
                                     expires_at=record.body.get("until")):
                 return
 
+    async def revoke_owner(self, owner: str) -> int:
+        """Revoke every live grant of `owner` (`client_owner(id)`, `user_owner(name)`);
+        returns how many. Grants issued while this runs are caught by the next pass."""
+        count = 0
+        while batch := await self.docs.list(OWNERS, owner + "/", limit=500):
+            for entry in batch:
+                await self.revoke_grant(entry.body["grant_id"])
+                await self.docs.delete(OWNERS, f"{owner}/{entry.body['grant_id']}")
+            count += len(batch)
+        return count
+
     async def is_revoked(self, jti: str) -> bool:
         return await self.docs.get(REVOKED, jti) is not None
 
@@ -230,3 +258,17 @@ class Tokens:
         return Grant.from_json(grant_record.body["grant"])
 
 
+def client_owner(client_id: str) -> str:
+    return f"client/{client_id}"
+
+
+def user_owner(username: str) -> str:
+    return f"user/{username}"
+
+
+def owners_of(grant: Grant) -> list[str]:
+    """Whom a grant belongs to: its client, and its user unless a backend client is both."""
+    owners = [client_owner(grant.client_id)]
+    if grant.sub != grant.client_id:
+        owners.append(user_owner(grant.sub))
+    return owners

@@ -65,7 +65,7 @@ def test_users_add_and_duplicate(cli) -> None:
                         "--name", "Dr Doc", "--password-stdin", stdin="long enough pw\n")
     assert code == 0
     assert user == {"username": "doc", "fhirUser": "Practitioner/1", "name": "Dr Doc",
-                    "admin": False}
+                    "admin": False, "disabled": False}
     code, _, err = cli("users", "add", "--username", "doc", "--password-stdin",
                        stdin="long enough pw\n")
     assert code == 1 and "already exists" in err
