@@ -18,3 +18,8 @@ if TYPE_CHECKING:
 
 def install(interactions: Interactions, jobs: Jobs, settings: Settings) -> None:
     """Register scheduling's operations, write rules and jobs (each module adds its own)."""
+    config = settings.scheduling
+    from fhirpm.scheduling import video, visit
+
+    visit.install(interactions.repo, config)  # check-in/out -> Encounter, charge capture
+    video.install(interactions.repo, config)  # join links of virtual visits
