@@ -8,6 +8,8 @@ FHIR_JSON = "application/fhir+json"
 JSON_PATCH = "application/json-patch+json"
 _JSON_TYPES = {FHIR_JSON, "application/json", "text/json", "json"}
 _XML_TYPES = {"application/fhir+xml", "application/xml", "text/xml", "xml"}
+# Bulk output files ($bulk-publish) answer NDJSON themselves; errors are still FHIR JSON.
+_NDJSON_TYPES = {"application/fhir+ndjson", "application/ndjson"}
 _FORMAT_ALIASES = {"json": FHIR_JSON, "application/json": "application/json",
                    "application/fhir+json": FHIR_JSON, "text/json": "application/json"}
 
@@ -26,6 +28,8 @@ def response_media_type(format_param: str | None, accept: str | None) -> str:
     offered = [a.split(";")[0].strip().lower() for a in accept.split(",")]
     for media in offered:
         if media in (FHIR_JSON, "*/*", "application/*", "") or media.endswith("+json"):
+            return FHIR_JSON
+        if media in _NDJSON_TYPES:
             return FHIR_JSON
         if media in _JSON_TYPES:
             return "application/json"

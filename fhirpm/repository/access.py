@@ -7,7 +7,8 @@ authorization is on: it sends the verified token's Principal, or `Anonymous` car
 classifies it by path shape and method (`RULES`; anything unlisted is refused, so a new
 route is closed until it is given a rule) and then:
 
-    public     [base]/metadata: answered for anyone
+    public     [base]/metadata: answered for anyone; so is GET [base]/$op of a system-level
+               operation declaring `public = True` (SMART Scheduling Links' $bulk-publish)
     read       read, vread: 403 without `r` on the type; a resource outside the caller's
                reach answers 404 exactly like a missing one (its existence stays hidden)
     write      create, update, patch, delete (conditional too): 403 without the letter;
@@ -114,7 +115,7 @@ async def guarded(ix: Interactions, req: FhirRequest, parts: list[str],
                   shape: str) -> FhirResponse:
     """Dispatch a request of a caller who is not trusted (module doc)."""
     rule = RULES.get((shape, req.method))
-    if rule is not None and rule.kind == "public":
+    if (rule is not None and rule.kind == "public") or _published(ix, req, parts, shape):
         return await ix._route(req.method, parts)(ix, req, parts)
     principal = authenticated(req.principal)
     handler = ix._route(req.method, parts)  # 404 / 405 for what no handler serves
@@ -123,6 +124,13 @@ async def guarded(ix: Interactions, req: FhirRequest, parts: list[str],
         raise policy.refusal(None, "", f"{req.method} /{'/'.join(parts)} is not open to "
                              "tokens: no access rule covers it")
     return await _GATES[rule.kind](ix, req, parts, handler, policy, rule)
+
+
+def _published(ix: Interactions, req: FhirRequest, parts: list[str], shape: str) -> bool:
+    """A GET of a system-level operation that publishes non-confidential data to anyone
+    (it declares `public = True`; nothing else under the base is open without a token)."""
+    return (shape == "$" and req.method == "GET"
+            and getattr(ix.operations.get(parts[0][1:]), "public", False) is True)
 
 
 # -- the gates ----------------------------------------------------------------------------
