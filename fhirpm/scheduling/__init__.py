@@ -27,8 +27,9 @@ def install(interactions: Interactions, jobs: Jobs, settings: Settings) -> None:
     find.Find(config).install(interactions)  # Appointment/$find
     booking.Booking(config).install(interactions, jobs)  # $hold $book $cancel $reschedule
     booking.install_access()  # who may call them (repository.access.OPERATIONS)
-    from fhirpm.scheduling import publish, video, visit
+    from fhirpm.scheduling import publish, video, visit, waitlist
 
     visit.install(interactions.repo, config)  # check-in/out -> Encounter, charge capture
     video.install(interactions.repo, config)  # join links of virtual visits
     publish.install(interactions, config)  # public $bulk-publish (SMART Scheduling Links)
+    waitlist.install(interactions)  # Slot/[id]/$waitlist: who fits a freed slot
