@@ -31,7 +31,6 @@ the next `_since` (clients may see a few changes twice; never miss one).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -43,9 +42,8 @@ from fhirpm.errors import Category, FhirError
 from fhirpm.fhir import jsonio
 from fhirpm.operations.registry import OperationSpec, register
 from fhirpm.repository.interactions import FhirRequest, FhirResponse, Interactions
-from fhirpm.scheduling import model
-from fhirpm.search.parse import SearchParser
-from fhirpm.storage.port import HistoryQuery, ResourceVersion
+from fhirpm.scheduling import lookup, model
+from fhirpm.storage.port import HistoryQuery
 
 if TYPE_CHECKING:
     from fhirpm.config import SchedulingSettings
@@ -55,7 +53,7 @@ BOOKING_LINK = "http://fhir-registry.smarthealthit.org/StructureDefinition/booki
 BOOKING_PHONE = "http://fhir-registry.smarthealthit.org/StructureDefinition/booking-phone"
 FILES = ("Location", "Schedule", "Slot")
 NDJSON = "application/fhir+ndjson"
-PAGE = 1000  # resources read per store call
+PAGE = 1000  # history versions read per store call
 _PRIVATE_ACTORS = ("Patient", "RelatedPerson", "Device")
 _SERVICE = ("serviceCategory", "serviceType", "specialty")
 _LOCATION = ("status", "name", "alias", "description", "mode", "type", "telecom", "address",
@@ -258,30 +256,15 @@ def _ends_after(slot: dict[str, Any], now: datetime) -> bool:
 
 async def _schedules(ix: Interactions) -> dict[str, dict[str, Any]]:
     """Every live Schedule by id (a practice has tens, not thousands)."""
-    out: dict[str, dict[str, Any]] = {}
-    async for version in _search(ix, "Schedule", []):
-        out[version.id] = jsonio.loads(version.body)
-    return out
-
-
-async def _search(ix: Interactions, type: str,
-                  params: list[tuple[str, str]]) -> AsyncIterator[ResourceVersion]:
-    parser = SearchParser(ix.repo.registry, default_count=PAGE, max_count=PAGE)
-    query = parser.parse([type], [*params, ("_count", str(PAGE))], strict=True).query
-    while True:
-        result = await ix.repo.store.search(query)
-        for version in result.matches:
-            yield version
-        if not result.next_cursor:
-            return
-        query = dataclasses.replace(query, cursor=result.next_cursor)
+    found = await lookup.search(ix.repo, "Schedule", [], everything=True)
+    return {version.id: jsonio.loads(version.body) for version in found}
 
 
 async def _future_slots(ix: Interactions, schedule: str,
                         now: datetime) -> AsyncIterator[dict[str, Any]]:
     params = [("schedule", f"Schedule/{schedule}"), ("start", f"ge{_instant(now)[:19]}Z"),
               ("_sort", "start")]
-    async for version in _search(ix, "Slot", params):
+    for version in await lookup.search(ix.repo, "Slot", params, everything=True):
         yield jsonio.loads(version.body)
 
 
