@@ -39,7 +39,10 @@ Comps = list[list[str]]  # components -> subcomponents (one repetition of a fiel
 
 
 def default_mappings_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "mappings"
+    """mappings/: installed inside the package by the wheel, else the checkout's top level."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "mappings"
+    return installed if installed.is_dir() else package.parent / "mappings"
 
 
 # -- the mapping files ------------------------------------------------------------------
@@ -127,6 +130,7 @@ class MappedResource:
     deletes: set[str] = field(default_factory=set)
     defaults: dict[str, Any] = field(default_factory=dict)
     full_url: str = ""
+    origin: tuple[str, int] = ("", 0)  # the segment (name, occurrence) that first fed it
 
     def resource(self) -> dict[str, Any]:
         """The body as it would be stored when nothing was there before."""
@@ -138,6 +142,19 @@ class MappedResource:
         return out
 
 
+@dataclass(frozen=True)
+class Link:
+    """A reference found by searching what is stored (`links:` in a message map): the
+    resource `key` gets, at its element `path`, references to the `type` resources that
+    `where` finds; each criterion's value is read from the resource itself (a dotted path;
+    references to the message's other resources are resolved to their ids first)."""
+
+    key: str
+    path: str
+    type: str
+    where: tuple[tuple[str, str], ...]  # (search parameter, path in the resource)
+
+
 @dataclass
 class Mapped:
     message: Message
@@ -145,6 +162,7 @@ class Mapped:
     structure: str
     resources: list[MappedResource]
     merges: list[tuple[str, str]] = field(default_factory=list)  # (survivor, old) keys
+    links: list[Link] = field(default_factory=list)
 
     def by_type(self, type: str) -> list[MappedResource]:
         return [r for r in self.resources if r.type == type]
@@ -211,6 +229,8 @@ class _Run:
         self.resources: dict[str, MappedResource] = {}
         self.keys: dict[str, list[tuple[str, str]]] = {}  # identity-key candidates per resource
         self.merges: list[tuple[str, str]] = []
+        self.links: list[Link] = []
+        self.segment: Segment | None = None  # the segment being mapped
         self.creates: set[str] = set()  # keys always created anew (the Provenance)
         self.late_refs: list[tuple[MappedResource, str, str]] = []  # datatype resources
         h = msg.header
@@ -247,6 +267,19 @@ class _Run:
                 gone = self.resources.get(f"{old}#{n}" if n else old)
                 if gone is not None:
                     self.merges.append((res.key, gone.key))
+        for row in spec.get("links", ()):
+            self._link_row(row)
+
+    def _link_row(self, row: dict[str, Any]) -> None:
+        """`links:` rows: {from: Key, path: element, search: Type, where: {param: path}}."""
+        where = row.get("where")
+        if not isinstance(where, dict) or not where or "." in row["path"] \
+                or "[" in row["path"]:
+            raise V2Error(Category.INTERNAL, f"mappings: a link needs a top-level `path` "
+                          f"and `where` criteria: {row!r}")
+        for res in self._keyed(row["from"]):
+            self.links.append(Link(res.key, row["path"], row["search"],
+                                   tuple((str(k), str(v)) for k, v in where.items())))
 
     def _apply_row(self, row: dict[str, Any], seg: Segment, counts: dict[str, int]) -> None:
         after = row.get("follows")
@@ -258,6 +291,8 @@ class _Run:
         smap = self._segment_map(row["map"])
         created = key not in self.resources
         res = self._resource(key, smap["resource"])
+        if created:
+            res.origin = (seg.name, seg.occurrence)
         for name, value in (smap.get("defaults") or {}).items():
             res.defaults.setdefault(name, _copy(value))
         if row.get("create"):
@@ -434,6 +469,8 @@ class _Run:
         res = self.resources.get(key)
         if res is None:
             res = self.resources[key] = MappedResource(type, key, body, identity)
+            if self.segment is not None:
+                res.origin = (self.segment.name, self.segment.occurrence)
         else:
             for name_, value in body.items():
                 res.body.setdefault(name_, value)
@@ -524,7 +561,8 @@ class _Run:
         for res in self.resources.values():
             if res.identity is None and res.key not in self.creates:
                 res.identity = Identity(res.type, id=self._content_identity(res, by_url, set()))
-        return Mapped(self.msg, event, structure, list(self.resources.values()), self.merges)
+        return Mapped(self.msg, event, structure, list(self.resources.values()), self.merges,
+                      self.links)
 
     def _content_identity(self, res: MappedResource, by_url: dict[str, MappedResource],
                           seen: set[str]) -> str:

@@ -203,6 +203,28 @@ class SqliteResourceStore:
     async def search(self, query: SearchQuery) -> SearchResult:
         return await self._read(lambda c: sql_search.run(c, query))
 
+    async def expunge(self, type: str, ids: Sequence[str]) -> int:
+        def run(c: sqlite3.Connection) -> int:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                found = 0
+                for id in ids:
+                    row = c.execute("SELECT rid FROM resources WHERE type = ? AND id = ?",
+                                    (type, id)).fetchone()
+                    if row is not None:
+                        found += 1
+                        index.replace(c, row[0], (), had_rows=True, type=type)
+                        c.execute("DELETE FROM resources WHERE rid = ?", (row[0],))
+                    c.execute("DELETE FROM history WHERE type = ? AND id = ?", (type, id))
+                    c.execute("DELETE FROM unique_keys WHERE type = ? AND id = ?", (type, id))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            return found
+        async with self._write_lock:
+            return await self._write(run)
+
     # -- documents ---------------------------------------------------------------------
 
     async def doc_get(self, collection: str, key: str) -> Document | None:
@@ -337,7 +359,10 @@ class SqliteUnitOfWork:
         self._known[key] = version.version
 
     async def search(self, query: SearchQuery) -> SearchResult:
-        return await self.hop(lambda c: sql_search.run(c, query))
+        result = await self.hop(lambda c: sql_search.run(c, query))
+        for v in result.matches:  # read inside the unit: a put based on it needs no check
+            self._known[(v.type, v.id)] = v.version
+        return result
 
     async def reindex(self, type: str, id: str, version: int,
                       index_entries: Sequence[IndexEntry]) -> bool:

@@ -1,0 +1,433 @@
+"""Writing one mapped message: ONE unit of work through the Repository, the layer every REST
+write and transaction entry ends in (validation, index extraction, versions, the change
+feed, write rules such as scheduling's slot booking), all or nothing.
+
+Owns, inside that unit:
+  lookup   what each mapped resource updates: one search per (type, identifier | _id)
+           group, made inside the unit, so what it finds stays current until the commit
+           (SQLite: the unit holds the write lock; MongoDB: the unit re-validates its reads
+           at commit) and an update needs no second read, no If-Match and no retry
+  merge    the message over the stored version (`merge`: sent replaces, empty keeps, `""`
+           deletes, identifiers and links accumulate, defaults fill what is missing)
+  links    references found by search (`links:` in a message map, e.g. Appointment.slot:
+           the Slot of a participant's Schedule at the appointment's start)
+  A40      survivor and merged-away patient linked, references moved to the survivor
+  writes   references between the message's resources rewritten to `Type/id`, then one
+           Repository write per resource; unchanged content writes no version
+Why not a transaction Bundle through `Interactions.dispatch` (as before): the Bundle path
+parses and searches every conditional entry again inside the unit and reads every updated
+resource once more, each a trip to the store's writer thread; for a small ADT^A08 that was
+most of its time (docs/performance.md, HL7 v2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from fhirpm.errors import Category, FhirError
+from fhirpm.fhir import jsonio
+from fhirpm.hl7v2.engine import Link, Mapped, MappedResource
+from fhirpm.hl7v2.parser import V2Error
+from fhirpm.repository.interactions import FhirRequest, Interactions
+from fhirpm.repository.service import new_id, now_instant
+from fhirpm.search.query import Param, RefPred, SearchQuery, TokenPred
+from fhirpm.storage.port import ResourceVersion, UnitOfWork
+
+RETRIES = 3  # a unit that lost a race (MongoDB commit, 409/412) is rebuilt from fresh reads
+LOOKUP_CHUNK = 50  # identifiers OR-ed into one search
+REFERRERS_MAX = 1000  # resources an A40 moves per type (more: the merge is refused)
+
+# Where a Patient is referenced, by type: the search parameter an A40 merge moves.
+PATIENT_REFERENCES = {
+    "Encounter": "subject", "Appointment": "actor", "Coverage": "beneficiary",
+    "ChargeItem": "subject", "Condition": "subject", "Procedure": "subject",
+    "AllergyIntolerance": "patient", "Account": "subject", "RelatedPerson": "patient",
+    "Observation": "subject",
+}
+
+
+@dataclass
+class _Target:
+    """Where one mapped resource goes, once looked up."""
+
+    res: MappedResource
+    stored: ResourceVersion | None  # its current live version, None: a new resource
+    id: str
+    body: dict[str, Any] | None = None  # what will be written (merged, references resolved)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.res.type}/{self.id}"
+
+
+class Committer:
+    def __init__(self, interactions: Interactions, base: str) -> None:
+        self.ix = interactions
+        self.base = base
+
+    async def commit(self, mapped: Mapped) -> list[str]:
+        """Write the message's resources in one unit; `Type/id` of each, in message order."""
+        for attempt in range(RETRIES):
+            try:
+                return await self._once(mapped)
+            except V2Error:
+                raise  # refused for what the message says: a retry cannot change that
+            except FhirError as err:
+                if err.category in (Category.CONFLICT, Category.PRECONDITION_FAILED) \
+                        and attempt < RETRIES - 1:
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    async def _once(self, mapped: Mapped) -> list[str]:
+        async with self.ix.repo.unit(None) as unit:
+            found = await self._lookup(unit, mapped.resources)
+            targets = {r.key: _Target(r, found[r.key], _target_id(r, found[r.key]))
+                       for r in mapped.resources}
+            moved = await self._merge_patients(unit, mapped, targets)
+            urls = {t.res.full_url: t.ref for t in targets.values()}
+            for t in targets.values():
+                t.body = _resolved(merge(_live_body(t.stored), t.res), urls)
+                if t.res.identity is None and t.res.type == "Provenance":
+                    t.body["recorded"] = now_instant()  # created anew: when we received it
+            await self._links(unit, mapped.links, targets)
+            for old, new, referrers in moved:
+                for t in targets.values():
+                    _move_references(t.body, old, new)
+                for version in referrers:
+                    if f"{version.type}/{version.id}" not in urls.values():
+                        body = jsonio.loads(version.body)
+                        _move_references(body, old, new)
+                        await self.ix.repo.replace(unit, version, body, "PUT")
+            for t in targets.values():
+                await self._write(unit, t)
+        return [t.ref for t in targets.values()]
+
+    # -- lookup -----------------------------------------------------------------------
+
+    async def _lookup(self, unit: UnitOfWork, resources: list[MappedResource]
+                      ) -> dict[str, ResourceVersion | None]:
+        """The live stored version each resource updates: one search per type and kind of
+        identity (identifiers, or ids, OR-ed), not one per resource."""
+        groups: dict[tuple[str, str], list[MappedResource]] = {}
+        for res in resources:
+            if res.identity is not None:
+                kind = "_id" if res.identity.id is not None else "identifier"
+                groups.setdefault((res.identity.type, kind), []).append(res)
+        out: dict[str, ResourceVersion | None] = {r.key: None for r in resources}
+        for (type_, kind), group in groups.items():
+            for n in range(0, len(group), LOOKUP_CHUNK):
+                chunk = group[n:n + LOOKUP_CHUNK]
+                result = await unit.search(_identity_query(type_, kind, chunk))
+                for res in chunk:
+                    hits = [v for v in result.matches if _is(v, res)]
+                    if len(hits) > 1:
+                        raise V2Error(Category.MULTIPLE_MATCHES, f"{res.identity.url} "
+                                      f"matches {len(hits)} resources", hl7_code="205",
+                                      segment=res.origin[0], sequence=res.origin[1])
+                    out[res.key] = hits[0] if hits else None
+        return out
+
+    # -- writes -----------------------------------------------------------------------
+
+    async def _write(self, unit: UnitOfWork, t: _Target) -> None:
+        repo, res, body = self.ix.repo, t.res, t.body or {}
+        try:
+            if t.stored is not None:
+                await repo.replace(unit, t.stored, body, "PUT")
+            elif res.identity is not None and res.identity.id is not None:
+                # a content id may name a deleted resource: update-as-create handles that
+                await repo.update(res.type, t.id, {**body, "id": t.id}, uow=unit)
+            else:
+                await repo.create(res.type, body, uow=unit, id=t.id)
+        except V2Error:
+            raise
+        except FhirError as err:
+            if err.diagnostics.startswith("Concurrent write"):
+                raise  # lost a race (MongoDB): the caller retries from fresh reads
+            raise _located(err, t) from None
+
+    # -- links: references found by search ------------------------------------------------
+
+    async def _links(self, unit: UnitOfWork, links: list[Link],
+                     targets: dict[str, _Target]) -> None:
+        """Set each link's element to what its search finds. What was stored there stays
+        while the criteria's own values are unchanged (a resend, a round trip, a change
+        elsewhere) and goes when they changed (a moved appointment leaves its old slots)."""
+        new = {t.ref for t in targets.values() if t.stored is None}
+        for link in links:
+            t = targets.get(link.key)
+            if t is None or t.body is None:
+                continue
+            criteria = []
+            for param, path in link.where:
+                # a resource created by this message cannot be referenced by a stored one
+                values = [v for v in _values(t.body, path) if v not in new]
+                if not values:
+                    break
+                criteria.append((param, ",".join(_escape(v) for v in values)))
+            else:
+                found = await self._search(unit, link.type, criteria)
+                stored = _live_body(t.stored) or {}
+                unchanged = all(_same_values(_values(stored, p), _values(t.body, p))
+                                for _, p in link.where)
+                refs = [{"reference": f"{v.type}/{v.id}"} for v in found]
+                kept = [r for r in stored.get(link.path) or () if unchanged and r not in refs]
+                if refs or kept:
+                    t.body[link.path] = kept + refs
+                else:
+                    t.body.pop(link.path, None)
+
+    async def _search(self, unit: UnitOfWork, type_: str,
+                      criteria: list[tuple[str, str]]) -> list[ResourceVersion]:
+        from dataclasses import replace
+
+        from fhirpm.repository.search import parse_request
+
+        req = FhirRequest("GET", type_, self.base, tuple(criteria), uow=unit)
+        parsed = await parse_request(self.ix, req, [type_], criteria, strict=True)
+        query = replace(parsed.query, count=REFERRERS_MAX, total="none")
+        return list((await unit.search(query)).matches)
+
+    # -- A40: patient merge ---------------------------------------------------------------
+
+    async def _merge_patients(self, unit: UnitOfWork, mapped: Mapped,
+                              targets: dict[str, _Target]
+                              ) -> list[tuple[str, str, list[ResourceVersion]]]:
+        """Link survivor and merged-away patient, and find what references the latter
+        (moved by the caller). A merged-away patient we never stored is not created."""
+        moves = []
+        for survivor_key, old_key in mapped.merges:
+            survivor, old = targets[survivor_key], targets[old_key]
+            if old.stored is None:
+                del targets[old_key]
+                continue
+            if survivor.stored is not None and survivor.id == old.id:
+                raise V2Error(Category.BUSINESS_RULE, "A40 names the same patient as "
+                              "survivor and as merged-away (PID-3 and MRG-1)",
+                              hl7_code="205", segment="MRG", sequence=1, position=1)
+            old_body, new_body = _live_body(old.stored) or {}, _live_body(survivor.stored)
+            gone = {**old.res.body, "active": False}
+            if not _links_to(old_body, survivor.id):
+                gone["link"] = [{"other": {"reference": survivor.res.full_url},
+                                 "type": "replaced-by"}]
+            kept = dict(survivor.res.body)
+            if not (new_body and _links_to(new_body, old.id)):
+                kept["link"] = [{"other": {"reference": old.res.full_url}, "type": "replaces"}]
+            old.res = _with_body(old.res, gone)
+            survivor.res = _with_body(survivor.res, kept)
+            moves.append((old.ref, survivor.ref, await self._referrers(unit, old.id)))
+        return moves
+
+    async def _referrers(self, unit: UnitOfWork, patient_id: str) -> list[ResourceVersion]:
+        out: list[ResourceVersion] = []
+        pred = RefPred(type="Patient", id=patient_id)
+        for type_, param in PATIENT_REFERENCES.items():
+            result = await unit.search(SearchQuery(
+                types=(type_,), where=(Param(param, "reference", (pred,)),),
+                count=REFERRERS_MAX, total="none"))
+            if result.has_more or result.next_cursor:
+                raise V2Error(Category.TOO_COSTLY, f"More than {REFERRERS_MAX} {type_} "
+                              f"resources reference Patient/{patient_id}: merge them in "
+                              "smaller steps", hl7_code="207", segment="MRG", sequence=1,
+                              position=1)
+            out.extend(result.matches)
+        return out
+
+
+# -- merging over the stored version ---------------------------------------------------------
+
+_ACCUMULATE = ("identifier", "link")  # list elements that gather values from every source
+
+
+def merge(stored: dict[str, Any] | None, res: MappedResource) -> dict[str, Any]:
+    """What the message says over what is stored: sent elements replace, empty fields keep,
+    `""` removes; identifiers and links accumulate; defaults fill what is still missing."""
+    if stored is None:
+        return _copy(res.resource())
+    out = {k: v for k, v in stored.items() if k not in ("id", "text")}
+    meta = {k: v for k, v in (out.pop("meta", None) or {}).items()
+            if k not in ("versionId", "lastUpdated")}
+    if meta:
+        out["meta"] = meta
+    for name, value in res.body.items():
+        if name in _ACCUMULATE and isinstance(value, list):
+            # what is stored stays as it is (and where it is); only new items are added
+            have = list(stored.get(name) or ())
+            out[name] = have + [v for v in value if not _same_item(v, have)]
+        else:
+            out[name] = _keep_equivalent(stored.get(name), value)
+    for name in res.deletes:
+        out.pop(name, None)
+    for name, value in res.defaults.items():
+        out.setdefault(name, value)
+    out["resourceType"] = res.type
+    return _copy(out)
+
+
+def _same_item(item: Any, have: list[Any]) -> bool:
+    """An identifier (system, value) or link (type, other) already stored."""
+    if not isinstance(item, dict):
+        return item in have
+    if "other" in item:
+        return any(isinstance(h, dict) and h.get("type") == item.get("type")
+                   and h.get("other") == item.get("other") for h in have)
+    return any(isinstance(h, dict) and h.get("value") == item.get("value")
+               and h.get("system") == item.get("system") for h in have)
+
+
+def _keep_equivalent(stored: Any, new: Any) -> Any:
+    """Keep the stored text of a time the message sends as the same instant in another
+    form (`Z` vs `+00:00`), so a round trip through v2 changes nothing."""
+    if isinstance(stored, str) and isinstance(new, str) and stored != new \
+            and "T" in stored and "T" in new:
+        return stored if _same_instant(stored, new) else new
+    return new
+
+
+def _same_instant(a: str, b: str) -> bool:
+    try:
+        return datetime.fromisoformat(a.replace("Z", "+00:00")) == \
+            datetime.fromisoformat(b.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _identity_query(type_: str, kind: str, chunk: list[MappedResource]) -> SearchQuery:
+    """`identifier=s|v,...` or `_id=a,...` as the parser would build it (the values are
+    data, not query text: nothing to escape or parse)."""
+    if kind == "_id":
+        preds = tuple(TokenPred(code=i) for i in sorted({r.identity.id or "" for r in chunk}))
+    else:
+        preds = tuple(TokenPred(code=v, system=s) for s, v in sorted(
+            {(r.identity.system, r.identity.value or "") for r in chunk},
+            key=lambda p: (p[0] or "", p[1])))
+    return SearchQuery(types=(type_,), where=(Param(kind, "token", preds),),
+                       count=3 * len(preds) + 1, total="none")
+
+
+def _target_id(res: MappedResource, stored: ResourceVersion | None) -> str:
+    if stored is not None:
+        return stored.id
+    if res.identity is not None and res.identity.id is not None:
+        return res.identity.id
+    return new_id()
+
+
+def _is(stored: ResourceVersion, res: MappedResource) -> bool:
+    """Whether a stored resource is the one `res` identifies (its id, or an identifier
+    with the same system and value)."""
+    ident = res.identity
+    if ident is None:
+        return False
+    if ident.id is not None:
+        return stored.id == ident.id
+    body = jsonio.loads(stored.body)
+    return any(i.get("value") == ident.value and (ident.system is None
+                                                 or i.get("system") == ident.system)
+               for i in body.get("identifier") or () if isinstance(i, dict))
+
+
+def _live_body(version: ResourceVersion | None) -> dict[str, Any] | None:
+    return jsonio.loads(version.body) if version is not None else None
+
+
+def _with_body(res: MappedResource, body: dict[str, Any]) -> MappedResource:
+    from dataclasses import replace
+
+    return replace(res, body=body)
+
+
+def _resolved(body: dict[str, Any], urls: dict[str, str]) -> dict[str, Any]:
+    """References to the message's resources (their `urn:uuid:` fullUrls) as `Type/id`;
+    an element referencing a resource left out (a merged-away patient never stored) goes."""
+    def gone(node: Any) -> bool:
+        if isinstance(node, dict):
+            ref = node.get("reference")
+            if isinstance(ref, str) and ref.startswith("urn:uuid:"):
+                if ref not in urls:
+                    return True
+                node["reference"] = urls[ref]
+            for k in [k for k, v in node.items() if isinstance(v, (dict, list)) and gone(v)]:
+                del node[k]
+        elif isinstance(node, list):
+            node[:] = [v for v in node if not gone(v)]
+        return False
+
+    gone(body)
+    return body
+
+
+def _values(body: dict[str, Any], path: str) -> list[str]:
+    """The values at a dotted path (through lists); a Reference gives its `reference`."""
+    nodes: list[Any] = [body]
+    for step in path.split("."):
+        nxt: list[Any] = []
+        for node in nodes:
+            value = node.get(step) if isinstance(node, dict) else None
+            nxt.extend(value if isinstance(value, list) else [value] if value is not None
+                       else [])
+        nodes = nxt
+    out = []
+    for node in nodes:
+        if isinstance(node, dict) and isinstance(node.get("reference"), str):
+            out.append(node["reference"])
+        elif isinstance(node, (str, int, float)) and not isinstance(node, bool):
+            out.append(str(node))
+    return out
+
+
+def _same_values(a: list[str], b: list[str]) -> bool:
+    if len(a) != len(b):
+        return False
+    return all(x == y or ("T" in x and "T" in y and _same_instant(x, y))
+               for x, y in zip(sorted(a), sorted(b), strict=True))
+
+
+def _escape(value: str) -> str:
+    """A value as one item of a search parameter's comma-separated list (the parser's
+    `unescape` undoes exactly this)."""
+    return value.replace("\\", "\\\\").replace(",", "\\,").replace("$", "\\$")
+
+
+def _links_to(patient: dict[str, Any], other_id: str) -> bool:
+    return any((link.get("other") or {}).get("reference", "").endswith(f"Patient/{other_id}")
+               for link in patient.get("link") or ())
+
+
+def _move_references(value: Any, old: str, new: str) -> None:
+    if isinstance(value, dict):
+        ref = value.get("reference")
+        if isinstance(ref, str) and (ref == old or ref.endswith("/" + old)):
+            value["reference"] = new
+        for v in value.values():
+            _move_references(v, old, new)
+    elif isinstance(value, list):
+        for v in value:
+            _move_references(v, old, new)
+
+
+def _located(err: FhirError, t: _Target) -> V2Error:
+    """A repository refusal (validation, a write rule, a conflict) as an application
+    error (AE) naming the resource and the segment it came from."""
+    name = f"{t.res.type} ({t.res.origin[0]})" if t.res.origin[0] else t.res.type
+    out = V2Error(err.category, f"{name}: {err.diagnostics}", hl7_code="207",
+                  segment=t.res.origin[0], sequence=t.res.origin[1])
+    out.issues = err.issues
+    return out
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+__all__ = ["Committer", "merge"]

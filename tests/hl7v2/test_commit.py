@@ -1,0 +1,78 @@
+"""The commit path (fhirpm.hl7v2.commit): one unit of work per message, reads inside it,
+few trips to the SQLite writer thread; and the store property it relies on (a put based
+on what the unit's own search returned needs no second read)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fhirpm.hl7v2 import ack
+from fhirpm.hl7v2.inbound import Inbound
+from fhirpm.repository.interactions import Interactions
+from fhirpm.search.query import Param, SearchQuery, TokenPred
+from fhirpm.storage.port import ResourceVersion, VersionConflict
+from fhirpm.storage.sqlite.store import SqliteResourceStore
+from tests.hl7v2.samples import adt
+
+pytestmark = pytest.mark.usefixtures("conditional")
+
+
+class Trips:
+    """Counts the trips to the SQLite writer thread (instrumenting the real store)."""
+
+    def __init__(self, store: SqliteResourceStore) -> None:
+        self.count = 0
+        self._write = store._write
+
+        async def counted(fn: Any) -> Any:
+            self.count += 1
+            return await self._write(fn)
+
+        store._write = counted  # type: ignore[method-assign]
+
+
+def sqlite(ix: Interactions) -> SqliteResourceStore:
+    store = ix.repo.store
+    if not isinstance(store, SqliteResourceStore):
+        pytest.skip("counts SQLite writer-thread trips")
+    return store
+
+
+async def test_a_small_message_takes_few_writer_trips(inbound: Inbound,
+                                                      ix: Interactions) -> None:
+    assert ack.read((await inbound.receive(adt("A04", "T1").encode())).acks[0]).code == "AA"
+    trips = Trips(sqlite(ix))
+    update = adt("A08", "T2", pid="PID|1||MRN1^^^PRACTICE^MR||Doe^Janet||19800102|F")
+    outcome = await inbound.receive(update.encode())
+    assert ack.read(outcome.acks[0]).code == "AA", outcome.message.error
+    # message log: record + dedup key, then status + patient index (4 document writes);
+    # the unit: one search per (type, identity kind) group (Patient, Encounter,
+    # Practitioner by identifier; Location by content id) and the COMMIT, whose trip also
+    # carries BEGIN and the buffered puts. No trip per resource.
+    lookups = 4
+    assert trips.count == 4 + lookups + 1
+
+
+async def test_a_put_based_on_the_units_own_search_is_still_version_checked(
+        ix: Interactions) -> None:
+    store = sqlite(ix)
+    body = b'{"resourceType":"Patient","id":"p1"}'
+    async with store.unit_of_work() as unit:
+        await unit.put(ResourceVersion("Patient", "p1", 1, "2024-01-01T00:00:00.000000Z",
+                                       "PUT", body), [], expected_version=0)
+    query = SearchQuery(types=("Patient",), where=(Param("_id", "token",
+                                                         (TokenPred(code="p1"),)),))
+    trips = Trips(store)
+    with pytest.raises(VersionConflict):
+        async with store.unit_of_work() as unit:
+            (found,) = (await unit.search(query)).matches
+            before = trips.count
+            v2 = ResourceVersion("Patient", "p1", 2, "2024-01-01T00:00:01.000000Z", "PUT", body)
+            await unit.put(v2, [], expected_version=found.version)
+            assert trips.count == before  # known from the search: buffered, no trip
+            stale = ResourceVersion("Patient", "p1", 3, "2024-01-01T00:00:02.000000Z",
+                                    "PUT", body)
+            await unit.put(stale, [], expected_version=1)  # the unit already wrote 2
+    assert (await store.read("Patient", "p1")).version == 1  # nothing of the unit stayed
