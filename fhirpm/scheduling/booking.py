@@ -23,6 +23,7 @@ Answers: a `collection` Bundle holding the stored Appointment (201 when created)
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from collections.abc import Callable
@@ -38,7 +39,7 @@ from fhirpm.repository.interactions import FhirRequest, FhirResponse, Interactio
 from fhirpm.repository.reach import Policy
 from fhirpm.repository.service import now_instant, version_headers
 from fhirpm.scheduling import lookup, model
-from fhirpm.scheduling.booking_rule import overbooking
+from fhirpm.scheduling.booking_rule import check_room, overbooking
 from fhirpm.scheduling.find import patient_of
 from fhirpm.scheduling.params import Inputs, instant_text
 
@@ -107,26 +108,25 @@ class Booking:
             raise FhirError(Category.FORBIDDEN, "Overbooking needs a staff token (user/ or "
                             "system/ scopes on Appointment)", expression=("overbook",))
         patient = patient_of(req, inputs.text("patient"))
+        with overbooking() if overbook else contextlib.nullcontext():
+            result = await self._book(ix, req, given, patient, policy)
+        return _answer(req, result)
+
+    async def _book(self, ix: Interactions, req: FhirRequest, given: dict[str, Any],
+                    patient: str | None, policy: Policy | None) -> WriteResult:
         async with ix.repo.unit(req.uow) as unit:
             current = await unit.current("Appointment", given["id"]) if given.get("id") \
                 else None
-            if current is not None and not current.deleted:
+            if current is not None and not current.deleted:  # a hold (or booked already)
                 await _visible(ix, policy, current)
                 appointment = _booked(jsonio.loads(current.body))
                 _with_patient(appointment, patient, "accepted")
-                write = ix.repo.update("Appointment", current.id, appointment,
-                                       uow=guarded(unit, policy))
-            else:
-                appointment = _booked({k: v for k, v in given.items() if k != "id"})
-                _with_patient(appointment, patient, "accepted")
-                await _times_from_slots(unit, appointment)
-                write = ix.repo.create("Appointment", appointment, uow=guarded(unit, policy))
-            if overbook:
-                with overbooking():
-                    result = await write
-            else:
-                result = await write
-        return _answer(req, result)
+                return await ix.repo.update("Appointment", current.id, appointment,
+                                            uow=guarded(unit, policy))
+            appointment = _booked({k: v for k, v in given.items() if k != "id"})
+            _with_patient(appointment, patient, "accepted")
+            await _times_from_slots(unit, appointment)
+            return await ix.repo.create("Appointment", appointment, uow=guarded(unit, policy))
 
     # -- $cancel / $reschedule -----------------------------------------------------------
 
@@ -292,7 +292,9 @@ def _with_patient(appointment: dict[str, Any], patient: str | None, status: str)
 
 
 async def _times_from_slots(unit: UnitOfWork, appointment: dict[str, Any]) -> None:
-    """start/end from the Slots (the client cannot claim another time than they hold)."""
+    """start/end from the Slots (the client cannot claim another time than they hold).
+    A full Slot answers 409 here already, before anything is written (the write rule
+    checks again: this only saves a doomed request its writes)."""
     starts, ends = [], []
     for slot_id in model.slot_ids(appointment):
         found = await unit.current("Slot", slot_id)
@@ -300,6 +302,9 @@ async def _times_from_slots(unit: UnitOfWork, appointment: dict[str, Any]) -> No
             raise FhirError(Category.BUSINESS_RULE, f"Slot/{slot_id} does not exist",
                             expression=("Appointment.slot",))
         slot = jsonio.loads(found.body)
+        occupants = model.occupants(slot)
+        if appointment.get("id") not in occupants:
+            check_room(slot, slot_id, occupants)
         starts.append(slot["start"])
         ends.append(slot["end"])
     if starts:

@@ -97,12 +97,13 @@ async def _take(repo: Repository, unit: UnitOfWork, slot_id: str, appointment: s
     if occupants.get(appointment) is held:
         return  # already taken, in the same way
     if appointment not in occupants:
-        _check_room(slot, slot_id, occupants)
+        check_room(slot, slot_id, occupants)
     occupants[appointment] = held
     await _store(repo, unit, current, slot, occupants)
 
 
-def _check_room(slot: dict[str, Any], slot_id: str, occupants: dict[str, bool]) -> None:
+def check_room(slot: dict[str, Any], slot_id: str, occupants: dict[str, bool]) -> None:
+    """409 unless the Slot can take one more Appointment (or we are overbooking)."""
     status = slot.get("status")
     if status == "busy-unavailable":
         raise FhirError(Category.CONFLICT, f"Slot/{slot_id} is not available for booking",
