@@ -134,3 +134,31 @@ async def test_no_links_without_a_base(tmp_path: Any) -> None:
             patient = await _patient(client)
             appt = await _create(client, _appointment(patient, "booked"))
             assert video.join_link(appt) is None
+
+
+async def test_book_a_virtual_slot(client: httpx.AsyncClient, app: FastAPI) -> None:
+    """$book (staff, and a patient booking for themselves) of a virtual Schedule's Slot:
+    the booking rule takes the Slot and the video rule adds the link, in one unit."""
+    from tests.bearer import bearer, mint
+    from tests.scheduling import booking_world as world
+
+    place = await world.practice(client, virtual=True)
+    await world.generate(client, place["schedule"]["id"], "2030-03-04", "2030-03-05")
+    free = await world.slots(client, place["schedule"]["id"], status="free")
+    links = []
+    for n, slot in enumerate(free[:2]):
+        pid = await world.patient(client)
+        proposal = {**world.booked(slot["id"], pid, "proposed"),
+                    "serviceType": slot.get("serviceType") or place["schedule"]["serviceType"]}
+        headers = FHIR_JSON if n == 0 else {**FHIR_JSON, **bearer(await mint(
+            app.state.auth, "patient/Appointment.cruds patient/Slot.rs", patient=pid))}
+        r = await client.post("Appointment/$book", headers=headers, json={
+            "resourceType": "Parameters",
+            "parameter": [{"name": "appointment", "resource": proposal}]})
+        assert r.status_code == 201, r.text
+        appt_id = r.json()["entry"][0]["resource"]["id"]
+        appt = (await client.get(f"Appointment/{appt_id}")).json()
+        assert appt["status"] == "booked"
+        links.append(video.join_link(appt))
+        assert (await client.get(f"Slot/{slot['id']}")).json()["status"] == "busy"
+    assert all(links) and links[0] != links[1]
