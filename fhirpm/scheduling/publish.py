@@ -104,7 +104,9 @@ class Publisher:
         since = _instant(_parse_instant(since_param, "_since")) if since_param else None
         file = req.param("file")
         if file is None:
-            body = jsonio.dumps(self.manifest(req, since, await _schedules(ix)))
+            schedules = await _schedules(ix)
+            body = jsonio.dumps(self.manifest(req, since, schedules,
+                                              await _states(ix, schedules)))
             return self._answer(req, body, None)
         if file not in FILES:
             raise FhirError(Category.INVALID, f"file must be one of {', '.join(FILES)}")
@@ -127,21 +129,24 @@ class Publisher:
     # -- the manifest --------------------------------------------------------------------
 
     def manifest(self, req: FhirRequest, since: str | None,
-                 schedules: dict[str, dict[str, Any]]) -> dict[str, Any]:
+                 schedules: dict[str, dict[str, Any]],
+                 states: dict[str, list[str]]) -> dict[str, Any]:
+        """`states`: Schedule id -> the states of its Locations (the spec's output hint)."""
         lag = timedelta(seconds=self.settings.publish_lag_seconds)
         base = f"{req.base}/$bulk-publish"
         since_args = {"_since": since} if since else {}
-        outputs = [("Location", {}), ("Schedule", {})]
+        outputs: list[tuple[str, dict[str, str], list[str]]] = [
+            ("Location", {}, []), ("Schedule", {}, [])]
         if since:
-            outputs.append(("Slot", {}))
+            outputs.append(("Slot", {}, []))
         else:  # one Slot file per Schedule: each stays small, clients pick what they need
-            outputs.extend(("Slot", {"schedule": sid}) for sid, s in sorted(schedules.items())
-                           if publishable(s))
+            outputs.extend(("Slot", {"schedule": sid}, states.get(sid, []))
+                           for sid, s in sorted(schedules.items()) if publishable(s))
         return {
             "transactionTime": _instant(datetime.now(UTC) - lag),
             "request": base + ("?" + urlencode(since_args) if since else ""),
-            "output": [{"type": t, "url": f"{base}?{urlencode({'file': t, **a, **since_args})}"}
-                       for t, a in outputs],
+            "output": [_output(t, f"{base}?{urlencode({'file': t, **a, **since_args})}", st)
+                       for t, a, st in outputs],
             "error": [],
         }
 
@@ -178,7 +183,7 @@ class Publisher:
             return
         async for slot, gone in _changed_slots(ix, since):
             sid = model.local_id((slot.get("schedule") or {}).get("reference"), "Schedule")
-            if sid in open_ids and _ends_after(slot, now):
+            if sid in open_ids and schedule in (None, sid) and _ends_after(slot, now):
                 yield self.public_slot(slot, gone)
 
     def public_slot(self, slot: dict[str, Any], gone: bool) -> dict[str, Any]:
@@ -198,6 +203,13 @@ class Publisher:
         if extensions:
             out["extension"] = extensions
         return out
+
+
+def _output(type: str, url: str, states: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": type, "url": url}
+    if states:
+        out["extension"] = {"state": states}
+    return out
 
 
 # -- what is published -----------------------------------------------------------------------
@@ -258,6 +270,24 @@ async def _schedules(ix: Interactions) -> dict[str, dict[str, Any]]:
     """Every live Schedule by id (a practice has tens, not thousands)."""
     found = await lookup.search(ix.repo, "Schedule", [], everything=True)
     return {version.id: jsonio.loads(version.body) for version in found}
+
+
+async def _states(ix: Interactions,
+                  schedules: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Published Schedule id -> the sorted address states of its Location actors."""
+    found: dict[str, str | None] = {}
+    out: dict[str, list[str]] = {}
+    for sid, schedule in schedules.items():
+        if not publishable(schedule):
+            continue
+        for lid in _actor_ids(schedule, "Location"):
+            if lid not in found:
+                current = await ix.repo.store.read("Location", lid)
+                body = jsonio.loads(current.body) if current and not current.deleted else {}
+                found[lid] = (body.get("address") or {}).get("state")
+        out[sid] = sorted({st for lid in _actor_ids(schedule, "Location")
+                           if (st := found[lid])})
+    return out
 
 
 async def _future_slots(ix: Interactions, schedule: str,

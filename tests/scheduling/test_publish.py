@@ -110,8 +110,9 @@ async def test_manifest_and_files_without_a_token(client: httpx.AsyncClient,
     assert manifest["transactionTime"].endswith("Z") and manifest["error"] == []
     sched_id = practice["schedule"]["id"]
     assert [o["type"] for o in manifest["output"]] == ["Location", "Schedule", "Slot"]
-    assert manifest["output"][2]["url"] == \
-        f"{BASE}/$bulk-publish?file=Slot&schedule={sched_id}"
+    assert manifest["output"][2] == {  # with the spec's hint: where its Locations are
+        "type": "Slot", "url": f"{BASE}/$bulk-publish?file=Slot&schedule={sched_id}",
+        "extension": {"state": ["MA"]}}
 
     files = await _files(public, manifest)
     assert files["Location"] == [{"resourceType": "Location", "id": practice["clinic"]["id"],
