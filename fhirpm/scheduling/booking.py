@@ -271,15 +271,16 @@ def _with_patient(appointment: dict[str, Any], patient: str | None, status: str)
     mine = [p for p in participants
             if model.local_id((p.get("actor") or {}).get("reference"), "Patient")]
     if patient is not None:
-        same = [p for p in mine if p["actor"]["reference"] == patient]
-        if mine and not same:
-            raise FhirError(Category.INVALID, f"The appointment is for "
-                            f"{mine[0]['actor']['reference']}, not {patient}",
-                            expression=("patient",))
+        wanted = model.local_id(patient, "Patient")
+        same = [p for p in mine
+                if model.local_id(p["actor"]["reference"], "Patient") == wanted]
+        others = [p["actor"]["reference"] for p in mine if p not in same]
+        if others:
+            raise FhirError(Category.FORBIDDEN, f"The appointment names {others[0]}; it can "
+                            f"only be booked for {patient}", expression=("patient",))
         if not same:
-            participants.append({"actor": {"reference": patient}, "required": "required",
-                                 "status": status})
-            return
+            same = [{"actor": {"reference": patient}, "required": "required"}]
+            participants.append(same[0])
         mine = same
     if not mine:
         raise FhirError(Category.REQUIRED, "Name the patient: a `patient` parameter or a "
