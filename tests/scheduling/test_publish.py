@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 
 from fhirpm.config import SchedulingSettings, Settings
-from fhirpm.scheduling import model
+from fhirpm.scheduling import model, publish
 from tests.conftest import BASE, FHIR_JSON
 
 BOOK = "https://portal.example.org/book?slot={slot}"
@@ -183,8 +183,9 @@ async def test_bad_requests(public: httpx.AsyncClient) -> None:
         assert r.json()["resourceType"] == "OperationOutcome"
 
 
-async def test_incremental_since(client: httpx.AsyncClient,
-                                 public: httpx.AsyncClient) -> None:
+async def test_incremental_since(client: httpx.AsyncClient, public: httpx.AsyncClient,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(publish, "HISTORY_PAGE", 2)  # the history walk goes over pages
     practice = await _practice(client)
     sched_id = practice["schedule"]["id"]
     first = await _manifest(public)
