@@ -49,6 +49,9 @@ def build_interactions(settings: Settings, store: ResourceStore) -> Interactions
     capability.install(interactions)
     install_operations(interactions)
     _install_search(interactions)
+    from fhirpm.audit import wiring as audit  # every request recorded (fhirpm.audit)
+
+    audit.install(interactions, settings)
     return interactions
 
 
@@ -123,6 +126,11 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
     from fhirpm.ops.middleware import EdgeMiddleware
 
     app.fhir_fast_path = EdgeMiddleware(fhir, ops=ops_layer)
+    from fhirpm.audit import wiring as audit  # request ids, retention job, auth hooks
+    from fhirpm.ops import context
+
+    audit.connect(interactions, settings, jobs=jobs, exchange=context.current,
+                  auth=app.state.auth)
     _fhir_routes_first(app)
     app.state.interactions = interactions
     app.state.store = store

@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fhirpm.hl7v2 import cli as hl7_cli  # hl7 send | listen | replay | messages
 
     hl7_cli.install(sub, _settings, _interactions)
+    from fhirpm.audit import cli as audit_cli  # audit verify | export | purge
+
+    audit_cli.install(sub, _settings)
     return parser
 
 

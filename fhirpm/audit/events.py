@@ -315,3 +315,65 @@ def _form(request: dict[str, str]) -> str:
 
     return urlencode([(k, "[redacted]" if k in SECRET_PARAMS else v)
                       for k, v in sorted(request.items())])
+
+
+def consent_event(who: Who, server: Server, outcome: Outcome, recorded: str, *,
+                  granted: bool, scopes: tuple[str, ...] = (),
+                  patient: str | None = None) -> dict[str, Any]:
+    """A user's decision at the consent page: `granted` (or denied) `scopes` to the client
+    (`who.client_id`), for the launch `patient` if there is one."""
+    subtype = _coding(SUBTYPE_SYSTEM, "consent-grant" if granted else "consent-deny",
+                      "Authorization granted" if granted else "Authorization denied")
+    user = _user_agent(who, _coding(PARTICIPATION, "AUT", "author (originator)"))
+    agents = [_client_agent(who, _coding(DCM, "110150", "Application"),
+                            requestor=user is None),
+              _server_agent(server, _coding(SECURITY_ROLE, "authserver",
+                                            "authorization server"))]
+    if user is not None:
+        agents.append(user)
+    entities = [request_entity(who.request_id)] if who.request_id else []
+    entities.append({"type": _coding(ENTITY_TYPE, "2", "System Object"),
+                     "role": _coding(OBJECT_ROLE, "13", "Security Resource"),
+                     "description": " ".join(scopes) or "(no scopes)"})
+    if patient:
+        entities.append(patient_entity(patient))
+    return _event(_coding(DCM, "110113", "Security Alert"), subtype, "E", recorded,
+                  outcome, agents, server, entities)
+
+
+def message_event(sender: str, who: Who, server: Server, outcome: Outcome, recorded: str, *,
+                  message_type: str = "", control_id: str = "",
+                  resources: tuple[str, ...] = (),
+                  patient: str | None = None) -> dict[str, Any]:
+    """An HL7 v2 message received (DICOM Import): `sender` is MSH-3^MSH-4, `control_id`
+    MSH-10, `resources` what it wrote; the outcome follows the ACK (AA 0, AE 4, AR 8)."""
+    agents = [{"type": {"coding": [_coding(DCM, "110153", "Source Role ID")]},
+               "who": {"identifier": {"system": CLIENT_SYSTEM, "value": sender or "unknown"}},
+               "requestor": True}]
+    if who.address:
+        agents[0]["network"] = {"address": who.address, "type": "2"}
+    agents.append(_server_agent(server, _coding(DCM, "110152", "Destination Role ID")))
+    entities: list[dict[str, Any]] = [{
+        "what": {"identifier": {"value": control_id or "unknown"}},
+        "type": _coding(ENTITY_TYPE, "2", "System Object"),
+        "role": _coding(OBJECT_ROLE, "3", "Report"), "description": message_type or "HL7v2"}]
+    entities.extend(data_entity(r) for r in resources)
+    if patient:
+        entities.append(patient_entity(patient))
+    return _event(_coding(DCM, "110107", "Import"),
+                  _coding(SUBTYPE_SYSTEM, "hl7v2-receive", "HL7 v2 message received"), "C",
+                  recorded, outcome, agents, server, entities)
+
+
+def trail_event(kind: str, who: Who, server: Server, outcome: Outcome, recorded: str, *,
+                description: str = "") -> dict[str, Any]:
+    """The audit log itself used (DICOM 110101): `kind` is purge, export or verify."""
+    agents = [_client_agent(who, _coding(DCM, "110150", "Application"), requestor=True),
+              _server_agent(server, _coding(PROVENANCE_AGENT, "custodian", "Custodian"))]
+    entities = [request_entity(who.request_id)] if who.request_id else []
+    entities.append({"type": _coding(ENTITY_TYPE, "2", "System Object"),
+                     "role": _coding(OBJECT_ROLE, "13", "Security Resource"),
+                     "description": description or kind})
+    return _event(_coding(DCM, "110101", "Audit Log Used"),
+                  _coding(SUBTYPE_SYSTEM, f"audit-{kind}", f"Audit trail {kind}"),
+                  "D" if kind == "purge" else "R", recorded, outcome, agents, server, entities)

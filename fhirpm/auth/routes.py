@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from fhirpm.audit.security import audit_of
 from fhirpm.auth import admin_api, pages, registration
 from fhirpm.auth.authorize import ClientRedirect, PageError
 from fhirpm.auth.discovery import STYLE, openid_configuration, smart_configuration
@@ -201,7 +202,9 @@ class AuthRoutes:
             user = await self.server.users.authenticate(form.get("username", ""),
                                                         form.get("password", ""))
         except LoginFailed as err:
+            await audit_of(self.server).login(request, form.get("username", ""), str(err))
             return self.login_page(session, nxt, str(err), 401)
+        await audit_of(self.server).login(request, user.username)
         session = await self.server.sessions.login(session, user.username)
         return self.set_cookie(self.go(nxt, request), session)
 
@@ -245,6 +248,8 @@ class AuthRoutes:
             raise PageError("Please sign in first.")
         chosen = [v for k, v in pairs if k == "scope"]
         url = await flow.decide(pending, session, chosen, form.get("decision") == "allow")
+        await audit_of(self.server).consent(request, session.user, pending, chosen,
+                                            form.get("decision") == "allow")
         return RedirectResponse(url, 303)
 
     async def launch(self, request: Request) -> Response:
@@ -275,8 +280,10 @@ class AuthRoutes:
 
     async def token(self, request: Request) -> Response:
         form = single(await read_pairs(request))
-        body = await self.server.token_endpoint.handle(form,
-                                                       request.headers.get("authorization"))
+        async with audit_of(self.server).token(request, form) as issued:
+            body = await self.server.token_endpoint.handle(form,
+                                                           request.headers.get("authorization"))
+            issued(body)
         return JSONResponse(body, headers=NO_STORE)
 
     async def introspect(self, request: Request) -> Response:
@@ -287,7 +294,8 @@ class AuthRoutes:
 
     async def revoke(self, request: Request) -> Response:
         form = single(await read_pairs(request))
-        await self.server.introspection.revoke(form, request.headers.get("authorization"))
+        async with audit_of(self.server).revoke(request, form):
+            await self.server.introspection.revoke(form, request.headers.get("authorization"))
         return Response(status_code=200, headers=NO_STORE)
 
     async def register(self, request: Request) -> Response:

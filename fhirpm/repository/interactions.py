@@ -84,8 +84,16 @@ class Interactions:
         self.capabilities: Callable[[FhirRequest], Awaitable[FhirResponse]] | None = None
         # CapabilityStatement facts a package declares (e.g. conditionalCreate: True)
         self.features: dict[str, Any] = {}
+        # sees every request: `observer.dispatch(ix, req, inner)` runs it (the audit trail,
+        # fhirpm.audit.recorder; injected by the composition root, never imported here)
+        self.observer: Any = None
 
     async def dispatch(self, req: FhirRequest) -> FhirResponse:
+        if self.observer is not None:
+            return await self.observer.dispatch(self, req, self._dispatch)
+        return await self._dispatch(req)
+
+    async def _dispatch(self, req: FhirRequest) -> FhirResponse:
         parts = [p for p in req.path.split("/") if p]
         if req.principal is not None:  # every caller but a trusted internal one
             return await access.guarded(self, req, parts, _shape(parts))

@@ -135,6 +135,12 @@ class ResourceStore(Protocol):
 
     async def search(self, query: SearchQuery) -> SearchResult: ...
 
+    async def expunge(self, type: str, ids: Sequence[str]) -> int:
+        """Remove these resources for good: every version (history and change log rows),
+        index entries and unique keys. Only for data past retention (the audit trail's
+        purge); the FHIR API only ever deletes as versioned tombstones. Returns how many
+        of the resources existed. Idempotent."""
+
     # -- small documents: compare-and-swap records beside the FHIR data -----------------
 
     async def doc_get(self, collection: str, key: str) -> Document | None: ...

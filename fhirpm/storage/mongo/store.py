@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -224,6 +224,19 @@ class MongoResourceStore:
                          expected_rev: int | None = None) -> bool:
         return await self._guard(documents.delete(self.db, collection, key, expected_rev),
                                  "document")
+
+    async def expunge(self, type: str, ids: Sequence[str]) -> int:
+        schema.check_type_name(type)
+        wanted = [schema.check_text("id", i) for i in ids]
+
+        async def run() -> int:
+            # current documents first: a crash between the two leaves history rows that a
+            # repeated expunge removes; never a live resource without its history
+            gone = await self.db[type].delete_many({"_id": {"$in": wanted}})
+            await self.db[schema.HISTORY].delete_many({"t": type, "i": {"$in": wanted}})
+            await self.db[schema.UNIQUE_KEYS].delete_many({"t": type, "i": {"$in": wanted}})
+            return gone.deleted_count
+        return await self._guard(run(), "expunge")
 
     async def doc_list(self, collection: str, prefix: str = "",
                        limit: int = 1000) -> list[Document]:

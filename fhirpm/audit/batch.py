@@ -1,0 +1,86 @@
+"""Group commit: many requests' AuditEvents stored in one unit of work.
+
+A read has no unit of work of its own, and one commit per read would cost more than the
+read. `GroupCommit.submit` queues the events and waits until they are committed; one
+flusher task at a time takes everything queued so far and writes it in one unit. While
+that unit commits, new events queue up and form the next group, so the group grows with
+the load and an idle server commits at once (no timer, no added latency). A caller whose
+group fails gets the error: the read then fails too (fail-closed) instead of answering
+without its audit record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+log = logging.getLogger("fhirpm.audit")
+
+Writer = Callable[[list[dict[str, Any]]], Awaitable[None]]
+
+
+class GroupCommit:
+    def __init__(self, writer: Writer, *, max_events: int = 500) -> None:
+        self._writer = writer
+        self._max = max_events
+        self._queue: deque[tuple[Sequence[dict[str, Any]], asyncio.Future[None]]] = deque()
+        self._flusher: asyncio.Task[None] | None = None
+        self.groups = 0  # committed groups (diagnostics, tests)
+
+    async def submit(self, events: Sequence[dict[str, Any]]) -> None:
+        """Store `events`; returns once they are committed, raises if they could not be."""
+        if not events:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((events, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="audit-group-commit")
+        await asyncio.shield(future)  # a cancelled request must not cancel the group
+
+    def enqueue(self, events: Sequence[dict[str, Any]]) -> asyncio.Future[None] | None:
+        """Queue `events` without waiting (for callers that must not wait: see Recorder)."""
+        if not events:
+            return None
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_log_failure)
+        self._queue.append((events, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="audit-group-commit")
+        return future
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far is stored (shutdown, tests)."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
+
+    async def _flush(self) -> None:
+        while self._queue:
+            group: list[tuple[Sequence[dict[str, Any]], asyncio.Future[None]]] = []
+            size = 0
+            while self._queue and (not group or size + len(self._queue[0][0]) <= self._max):
+                item = self._queue.popleft()
+                group.append(item)
+                size += len(item[0])
+            events = [event for batch, _ in group for event in batch]
+            try:
+                await self._writer(events)
+            except BaseException as exc:  # every waiter learns its events were not stored
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception)
+                                             else RuntimeError("audit write cancelled"))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            self.groups += 1
+            for _, future in group:
+                if not future.done():
+                    future.set_result(None)
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("an AuditEvent could not be stored: %s", future.exception())

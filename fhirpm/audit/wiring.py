@@ -1,0 +1,83 @@
+"""Wiring the audit trail into a server: the two calls the composition root makes.
+
+`install(interactions, settings)` puts the Recorder in front of `Interactions.dispatch`
+(every Interactions the app or the CLI builds records its requests); `connect(...)` gives
+it what only the running app has: the current HTTP exchange (request id, client address),
+the periodic retention job and the authorization server's hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from fhirpm.audit import events as ev
+from fhirpm.audit import maintenance
+from fhirpm.audit.recorder import Recorder
+from fhirpm.audit.security import AuditHooks
+from fhirpm.audit.trail import Trail
+from fhirpm.repository.service import now_instant
+
+if TYPE_CHECKING:
+    from fhirpm.config import AuditSettings, Settings
+    from fhirpm.jobs import Jobs
+    from fhirpm.repository.interactions import Interactions
+    from fhirpm.storage.port import ResourceStore
+
+log = logging.getLogger("fhirpm.audit")
+
+RETENTION_JOB = "audit-retention"
+
+
+def trail_for(store: ResourceStore, indexer: Any, settings: AuditSettings) -> Trail:
+    key = settings.hmac_key.encode() if settings.hmac_key else None
+    return Trail(store, indexer, key=key)
+
+
+def install(interactions: Interactions, settings: Settings) -> Recorder | None:
+    """Record every request `interactions` dispatches (None when the trail is off)."""
+    conf = settings.audit
+    if not conf.enabled:
+        return None
+    repo = interactions.repo
+    recorder = Recorder(trail_for(repo.store, repo.indexer, conf),
+                        ev.Server(settings.fhir_base, site=conf.site), repo.indexer,
+                        fail_closed=conf.fail_closed, batch_max=conf.batch_max)
+    recorder.hooks = AuditHooks(recorder)
+    interactions.observer = recorder
+    return recorder
+
+
+def connect(interactions: Interactions, settings: Settings, *, jobs: Jobs,
+            exchange: Callable[[], Any] | None = None, auth: Any = None) -> None:
+    """Hook the installed recorder to the running app (nothing when the trail is off)."""
+    recorder = interactions.observer
+    if not isinstance(recorder, Recorder):
+        return
+    if exchange is not None:
+        recorder.exchange = exchange
+    if auth is not None:
+        auth.audit = recorder.hooks
+    if settings.audit.retention_days > 0:
+        days = settings.audit.retention_days
+
+        async def retention() -> None:
+            await purge_now(recorder, days)
+        jobs.every(RETENTION_JOB, settings.audit.purge_interval_seconds, retention)
+
+
+async def purge_now(recorder: Recorder, retention_days: int) -> maintenance.Purged:
+    """One retention run: purge, then record that it happened (in the chain it purged)."""
+    result = await maintenance.purge(recorder.trail, maintenance.cutoff(retention_days))
+    if result.refused:
+        log.error("audit retention refused to purge: the chain does not verify (%s); "
+                  "run `fhirpm audit verify`", result.refused)
+    if result.removed or result.refused:
+        outcome = ev.Outcome(500, result.refused) if result.refused else ev.Outcome(200)
+        text = (f"purged {result.removed} events older than {retention_days} days; "
+                f"checkpoint seq {result.checkpoint.seq} hash {result.checkpoint.hash}")
+        await recorder.record([ev.trail_event("purge", recorder.who(client_id="fhirpm"),
+                                              recorder.server, outcome, now_instant(),
+                                              description=text)])
+    return result

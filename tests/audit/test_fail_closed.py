@@ -1,0 +1,85 @@
+"""A request whose AuditEvent cannot be stored fails (503), and a write then leaves nothing
+behind; with fail_closed off, reads answer anyway. Group commit: many reads, few units."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fhirpm.app import create_app
+from fhirpm.storage.port import StoreError
+from fhirpm.storage.sqlite import SqliteResourceStore
+from tests.audit.conftest import PATIENT, audit_settings, chain_events, http_client, recorder
+from tests.bearer import staff_headers
+
+
+class AuditRefusingStore(SqliteResourceStore):
+    """A real SQLite store whose disk is 'full' for AuditEvents once `broken` is set."""
+
+    broken = False
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[Any]:
+        async with super().unit_of_work() as unit:
+            yield _Refusing(unit, self)
+
+
+class _Refusing:
+    def __init__(self, unit: Any, store: AuditRefusingStore) -> None:
+        self._unit = unit
+        self._store = store
+
+    async def put(self, version: Any, *args: Any, **kwargs: Any) -> None:
+        if self._store.broken and version.type == "AuditEvent":
+            raise StoreError("database or disk is full")
+        await self._unit.put(version, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._unit, name)
+
+
+@asynccontextmanager
+async def broken_app(tmp_path: Path, **audit: Any) -> AsyncIterator[Any]:
+    settings = audit_settings(tmp_path, **audit)
+    store = AuditRefusingStore(settings.store_url.removeprefix("sqlite:///"))
+    app = create_app(settings, store=store)
+    async with (app.router.lifespan_context(app),
+                http_client(app, await staff_headers(app)) as client):
+        yield app, store, client
+
+
+async def test_reads_and_writes_fail_when_the_audit_write_fails(tmp_path: Path) -> None:
+    async with broken_app(tmp_path) as (app, store, client):
+        assert (await client.put("Patient/p1", json={**PATIENT, "id": "p1"})).status_code == 201
+        store.broken = True
+        r = await client.get("Patient/p1")
+        assert r.status_code == 503
+        assert r.json()["issue"][0]["code"] == "transient"
+        assert "audit" in r.json()["issue"][0]["diagnostics"]
+        r = await client.post("Patient", json=PATIENT)
+        assert r.status_code == 503
+        store.broken = False
+        listed = await client.get("Patient")
+        assert listed.json()["total"] == 1  # the refused create left nothing behind
+        assert [e["subtype"][0]["code"] for e in await chain_events(app)] == ["update",
+                                                                              "search-type"]
+
+
+async def test_fail_open_answers_reads(tmp_path: Path) -> None:
+    async with broken_app(tmp_path, fail_closed=False) as (_app, store, client):
+        await client.put("Patient/p1", json={**PATIENT, "id": "p1"})
+        store.broken = True
+        assert (await client.get("Patient/p1")).status_code == 200
+
+
+async def test_concurrent_reads_share_commits(tmp_path: Path) -> None:
+    async with broken_app(tmp_path) as (app, _store, client):
+        await client.put("Patient/p1", json={**PATIENT, "id": "p1"})
+        groups = recorder(app).batch.groups
+        answers = await asyncio.gather(*(client.get("Patient/p1") for _ in range(40)))
+        assert all(a.status_code == 200 for a in answers)
+        assert len(await chain_events(app)) == 41
+        assert recorder(app).batch.groups - groups < 40  # grouped, not one unit per read
