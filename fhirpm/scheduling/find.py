@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 DEFINITION = "http://fhirpm.org/fhir/OperationDefinition/Appointment-find"
 MAX_WINDOW = timedelta(days=366)
-NAMESPACE = uuid.UUID("2f1c6a52-6f1e-4f43-9f7e-5a0c1d9b7a11")  # stable proposal ids
 
 
 class Find:
@@ -69,7 +68,7 @@ class Find:
             slots = await lookup.search(ix.repo, "Slot", params, count=want)
         proposals = await propose(ix.repo, [jsonio.loads(s.body) for s in slots], duration,
                                   patient, limit)
-        entries = [{"fullUrl": f"urn:uuid:{uuid.uuid5(NAMESPACE, _key(p))}", "resource": p,
+        entries = [{"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": p,
                     "search": {"mode": "match"}} for p in proposals]
         return FhirResponse(200, bundle("searchset", entries, total=len(entries),
                                         timestamp=now_instant()))
@@ -231,8 +230,3 @@ def proposal(run: list[dict[str, Any]], schedule: dict[str, Any],
                                                    "status": "needs-action"}]
     return appointment
 
-
-def _key(appointment: dict[str, Any]) -> str:
-    return "|".join(s["reference"] for s in appointment["slot"]) + "|" + str(
-        next((p["actor"]["reference"] for p in appointment["participant"]
-              if p.get("actor", {}).get("reference", "").startswith("Patient/")), ""))
