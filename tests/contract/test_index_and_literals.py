@@ -57,6 +57,33 @@ async def test_index_entries_are_persisted_and_replaced(store: ResourceStore) ->
     assert await stored_index(store, "Patient", "p") == []
 
 
+async def test_reindex_replaces_the_values_of_a_live_current_version_only(
+        store: ResourceStore) -> None:
+    async with store.unit_of_work() as uow:
+        await uow.put(version("Patient", "p", 1), ENTRIES[:2], expected_version=0)
+        await uow.put(version("Patient", "gone", 1), ENTRIES[:2], expected_version=0)
+    async with store.unit_of_work() as uow:
+        await uow.put(version("Patient", "gone", 2, method="DELETE"), [], expected_version=1)
+    fresh = [IndexEntry("gender", TokenValue(None, "other"))]
+    async with store.unit_of_work() as uow:
+        assert await uow.reindex("Patient", "p", 2, fresh) is False  # not its version
+        assert await uow.reindex("Patient", "gone", 2, fresh) is False  # deleted
+        assert await uow.reindex("Patient", "nobody", 1, fresh) is False
+        assert await uow.reindex("Observation", "p", 1, fresh) is False
+        assert await uow.reindex("Patient", "p", 1, fresh) is True
+    assert list(map(key_of, await stored_index(store, "Patient", "p"))) == list(
+        map(key_of, fresh))
+    assert await stored_index(store, "Patient", "gone") == []
+    assert (await store.read("Patient", "p")).version == 1  # no new version
+    assert await store.history_count(HistoryQuery()) == 3
+    with pytest.raises(ZeroDivisionError):  # a failing unit leaves the old values
+        async with store.unit_of_work() as uow:
+            assert await uow.reindex("Patient", "p", 1, ENTRIES) is True
+            raise ZeroDivisionError
+    assert list(map(key_of, await stored_index(store, "Patient", "p"))) == list(
+        map(key_of, fresh))
+
+
 HOSTILE = ["$where", "a.$gt", '{"$ne": 1}', "$ne", "x.y", "..", "$", "_id", "\u0000a",
            "${x}", "this.constructor"]
 

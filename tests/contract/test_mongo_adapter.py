@@ -13,10 +13,11 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.errors import DuplicateKeyError
 
+from fhirpm.search.values import IndexEntry, TokenValue
 from fhirpm.storage.mongo import MongoResourceStore, schema
 from fhirpm.storage.mongo.txn import refuse_without_transactions
 from fhirpm.storage.port import HistoryQuery, StoreError, VersionConflict
-from tests.contract.stores import version
+from tests.contract.stores import stored_index, version
 
 
 @pytest.fixture
@@ -129,6 +130,16 @@ async def test_without_transactions_a_failing_unit_writes_nothing(mongo_url: str
                 await uow.put(version("Patient", "a", 3), [], expected_version=1)
         assert (await store.read("Patient", "a")).version == 2
         assert [v.version for v in await store.changes(0, 10)] == [1, 2]
+        gender = [IndexEntry("gender", TokenValue(None, "other"))]
+        with pytest.raises(RuntimeError):
+            async with store.unit_of_work() as uow:
+                assert await uow.reindex("Patient", "a", 2, gender) is True
+                raise RuntimeError("the job's batch failed")
+        assert await stored_index(store, "Patient", "a") == []
+        async with store.unit_of_work() as uow:
+            assert await uow.reindex("Patient", "a", 1, gender) is False  # not current
+            assert await uow.reindex("Patient", "a", 2, gender) is True
+        assert await stored_index(store, "Patient", "a") == gender
     finally:
         await store.close()
 

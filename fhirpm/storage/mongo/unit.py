@@ -33,7 +33,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import InvalidOperation, OperationFailure, PyMongoError
 
 from fhirpm.search.values import IndexEntry
-from fhirpm.storage.mongo import txn, writes
+from fhirpm.storage.mongo import schema, txn, writes
 from fhirpm.storage.mongo.writes import Put
 from fhirpm.storage.port import ResourceVersion, StoreError, VersionConflict
 
@@ -98,6 +98,16 @@ class TransactionalUnit:
         self._log.append(("search", query, _result_key(result)))
         return result
 
+    async def reindex(self, type: str, id: str, version: int,
+                      index: Sequence[IndexEntry]) -> bool:
+        if not schema.is_type_name(type) or not isinstance(id, str):
+            return False  # no such collection can exist
+        ix = schema.index_document(index)
+        done = await self._run(
+            lambda s: writes.apply_reindex(self._db, s, type, id, version, ix))
+        self._log.append(("reindex", type, id, version, ix, done))
+        return done
+
     # -- commit and rollback (called by the store) ------------------------------------------
 
     async def commit(self) -> list[int]:
@@ -153,6 +163,11 @@ class TransactionalUnit:
                     raise VersionConflict(f"{type}/{id} changed under this unit of work")
             elif op[0] == "put":
                 await writes.apply_put(self._db, self._session, op[1])
+            elif op[0] == "reindex":
+                _, type, id, version, ix, done = op
+                if await writes.apply_reindex(self._db, self._session, type, id, version,
+                                              ix) != done:
+                    raise VersionConflict(f"{type}/{id} changed under this unit of work")
             else:
                 _, query, seen = op
                 if _result_key(await self._search(query, self._session)) != seen:
@@ -219,6 +234,7 @@ class BufferedUnit:
         self._ensure_type = ensure_type
         self._puts: list[Put] = []
         self._pending: dict[tuple[str, str], ResourceVersion] = {}
+        self._reindexes: list[tuple[str, str, int, dict[str, Any]]] = []
 
     async def current(self, type: str, id: str) -> ResourceVersion | None:
         pending = self._pending.get((type, id))
@@ -240,12 +256,26 @@ class BufferedUnit:
     async def search(self, query: SearchQuery) -> SearchResult:
         return await self._search(query, None)  # this unit's own writes are not visible yet
 
+    async def reindex(self, type: str, id: str, version: int,
+                      index: Sequence[IndexEntry]) -> bool:
+        if not schema.is_type_name(type) or not isinstance(id, str):
+            return False
+        current = await self.current(type, id)
+        if current is None or current.deleted or current.version != version:
+            return False
+        # applied at commit under the same condition (a later version keeps its own values)
+        self._reindexes.append((type, id, version, schema.index_document(index)))
+        return True
+
     async def commit(self) -> list[int]:
         for type in {p.version.type for p in self._puts}:
             await self._ensure_type(type)
         for put in self._puts:
             await writes.apply_put(self._db, None, put)
+        for type, id, version, ix in self._reindexes:
+            await writes.apply_reindex(self._db, None, type, id, version, ix)
         return await writes.finish(self._db, None, self._puts)
 
     async def rollback(self) -> None:
         self._puts.clear()
+        self._reindexes.clear()

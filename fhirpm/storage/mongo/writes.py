@@ -84,6 +84,14 @@ async def apply_put(db: AsyncDatabase, session: Session, put: Put) -> None:
     await _claim_keys(db, session, v, put.unique_keys)
 
 
+async def apply_reindex(db: AsyncDatabase, session: Session, type: str, id: str,
+                        version: int, ix: Mapping[str, Any]) -> bool:
+    """Replace the search values of type/id if it is live at `version` (no new version)."""
+    result = await db[type].update_one({"_id": id, "v": version, "del": False},
+                                       {"$set": {"ix": ix}}, session=session)
+    return result.matched_count == 1
+
+
 async def _check_keys(db: AsyncDatabase, session: Session, v: ResourceVersion,
                       keys: Sequence[str]) -> None:
     """Refuse keys held by another resource before anything is written."""
