@@ -97,10 +97,12 @@ class Committer:
                 for t in targets.values():
                     _move_references(t.body, old, new)
                 for version in referrers:
-                    if f"{version.type}/{version.id}" not in urls.values():
+                    ref = f"{version.type}/{version.id}"
+                    if ref not in urls.values():
                         body = jsonio.loads(version.body)
                         _move_references(body, old, new)
-                        await self.ix.repo.replace(unit, version, body, "PUT")
+                        await self.ix.dispatch(FhirRequest("PUT", ref, self.base,
+                                                           resource=body, uow=unit))
             for t in targets.values():
                 await self._write(unit, t)
         return [t.ref for t in targets.values()]
@@ -133,15 +135,19 @@ class Committer:
     # -- writes -----------------------------------------------------------------------
 
     async def _write(self, unit: UnitOfWork, t: _Target) -> None:
-        repo, res, body = self.ix.repo, t.res, t.body or {}
+        """One write, dispatched like a transaction entry (`PUT Type/id`, or `POST Type`
+        with the id assigned) inside the message's unit: whatever observes requests (the
+        audit trail) sees it as it sees REST writes. The unit already read the current
+        version, so the update's own read costs no store trip."""
+        res, body = t.res, t.body or {}
+        if t.stored is not None or (res.identity is not None and res.identity.id is not None):
+            # found, or a content id (which may name a deleted one: update-as-create)
+            req = FhirRequest("PUT", t.ref, self.base, resource={**body, "id": t.id}, uow=unit)
+        else:
+            req = FhirRequest("POST", res.type, self.base, resource=body, uow=unit,
+                              assigned_id=t.id)
         try:
-            if t.stored is not None:
-                await repo.replace(unit, t.stored, body, "PUT")
-            elif res.identity is not None and res.identity.id is not None:
-                # a content id may name a deleted resource: update-as-create handles that
-                await repo.update(res.type, t.id, {**body, "id": t.id}, uow=unit)
-            else:
-                await repo.create(res.type, body, uow=unit, id=t.id)
+            await self.ix.dispatch(req)
         except V2Error:
             raise
         except FhirError as err:

@@ -29,7 +29,10 @@ async def search(ix: Interactions, type_: str, **params: str) -> list[dict[str, 
 
 
 async def versions(ix: Interactions) -> int:
-    return await ix.repo.store.history_count(HistoryQuery())
+    """Versions of data written (the audit trail's own AuditEvents are not data)."""
+    store = ix.repo.store
+    return (await store.history_count(HistoryQuery())
+            - await store.history_count(HistoryQuery(type="AuditEvent")))
 
 
 def code(acks: list[str]) -> list[str]:

@@ -291,7 +291,9 @@ class SqliteUnitOfWork:
     busy), and a hop per statement (a GIL hand-off and wake-up each) costs more than the
     statement; a transaction Bundle makes thousands of puts. Reads in the unit (current,
     search) flush first and wait, so they see the unit's writes; BEGIN IMMEDIATE keeps
-    other writers out for the unit's whole life.
+    other writers out for the unit's whole life. So a version the unit read (`current`, a
+    search's matches) stays current until the unit itself writes that resource: reading
+    it again, or putting a version based on it, costs no trip.
 
     Version checks stay immediate: the unit knows the version of everything it read or
     wrote, so a put based on another version raises VersionConflict at once and is not
@@ -309,6 +311,9 @@ class SqliteUnitOfWork:
         self._store = store
         self._pending: list[tuple[Any, ...]] = []
         self._known: dict[tuple[str, str], int] = {}  # (type, id) -> version in this unit
+        # current versions this unit read and has not written since: the unit holds the
+        # write lock, so they stay current and reading one again needs no trip
+        self._read: dict[tuple[str, str], ResourceVersion | None] = {}
         self._begun = False
         self._failed: BaseException | None = None  # set on the writer thread
 
@@ -336,8 +341,11 @@ class SqliteUnitOfWork:
         return task
 
     async def current(self, type: str, id: str) -> ResourceVersion | None:
+        if (type, id) in self._read:
+            return self._read[(type, id)]
         found = await self.hop(lambda c: _current(c, type, id))
         self._known[(type, id)] = found.version if found else 0
+        self._read[(type, id)] = found
         return found
 
     async def put(self, version: ResourceVersion, index_entries: Sequence[IndexEntry], *,
@@ -357,11 +365,13 @@ class SqliteUnitOfWork:
             if len(self._pending) >= self._BATCH:
                 self.hop()  # in the background; its failure surfaces at the next trip
         self._known[key] = version.version
+        self._read.pop(key, None)
 
     async def search(self, query: SearchQuery) -> SearchResult:
         result = await self.hop(lambda c: sql_search.run(c, query))
-        for v in result.matches:  # read inside the unit: a put based on it needs no check
+        for v in result.matches:  # read inside the unit: current until the unit writes it
             self._known[(v.type, v.id)] = v.version
+            self._read[(v.type, v.id)] = v
         return result
 
     async def reindex(self, type: str, id: str, version: int,
