@@ -157,24 +157,20 @@ class Publisher:
 
     async def resources(self, ix: Interactions, file: str, since: str | None,
                         schedule: str | None) -> AsyncIterator[dict[str, Any]]:
+        """The published resources of one file (module doc)."""
         schedules = await _schedules(ix)
         if file == "Schedule":
-            if since is None:
-                for _, s in sorted(schedules.items()):
-                    if publishable(s):
-                        yield public_schedule(s)
-                return
-            async for s, gone in _history_since(ix, "Schedule", since):
-                if not private(s):  # a person's own calendar is never mentioned at all
-                    yield public_schedule(s, withdrawn=gone)
-            return
-        if file == "Location":
-            wanted = {lid for s in schedules.values() if publishable(s)
-                      for lid in _actor_ids(s, "Location")}
-            async for loc in _latest(ix, "Location", since, wanted):
-                if loc is not None:
-                    yield public_location(loc)
-            return
+            found = _schedule_file(ix, schedules, since)
+        elif file == "Location":
+            found = _location_file(ix, schedules, since)
+        else:
+            found = self._slot_file(ix, schedules, since, schedule)
+        async for resource in found:
+            yield resource
+
+    async def _slot_file(self, ix: Interactions, schedules: dict[str, dict[str, Any]],
+                         since: str | None,
+                         schedule: str | None) -> AsyncIterator[dict[str, Any]]:
         open_ids = {sid for sid, s in schedules.items() if publishable(s)}
         now = datetime.now(UTC)
         if since is None:
@@ -206,6 +202,27 @@ class Publisher:
         if extensions:
             out["extension"] = extensions
         return out
+
+
+async def _schedule_file(ix: Interactions, schedules: dict[str, dict[str, Any]],
+                         since: str | None) -> AsyncIterator[dict[str, Any]]:
+    if since is None:
+        for _, schedule in sorted(schedules.items()):
+            if publishable(schedule):
+                yield public_schedule(schedule)
+        return
+    async for schedule, gone in _history_since(ix, "Schedule", since):
+        if not private(schedule):  # a person's own calendar is never mentioned at all
+            yield public_schedule(schedule, withdrawn=gone)
+
+
+async def _location_file(ix: Interactions, schedules: dict[str, dict[str, Any]],
+                         since: str | None) -> AsyncIterator[dict[str, Any]]:
+    wanted = {lid for s in schedules.values() if publishable(s)
+              for lid in _actor_ids(s, "Location")}
+    async for location in _latest(ix, "Location", since, wanted):
+        if location is not None:
+            yield public_location(location)
 
 
 def _output(type: str, url: str, states: list[str]) -> dict[str, Any]:
