@@ -124,15 +124,13 @@ class Administration:
     async def update_client(self, client_id: str, changes: Any) -> dict[str, Any]:
         """Change the given fields (null resets scope and grant types to the default)."""
         fields = _fields(changes, _CLIENT_FIELDS)
-        renames = {"client_name": "name", "redirect_uris": "redirect_uris",
-                   "grant_types": "grant_types"}
 
         async def attempt() -> tuple[Client, Client] | None:
             found = await self.server.clients.load(client_id)
             if found is None:
                 raise _not_found("client", client_id)
             old, record = found
-            values = {renames.get(k, k): v for k, v in fields.items()}
+            values = {("name" if k == "client_name" else k): v for k, v in fields.items()}
             for name in ("redirect_uris", "grant_types"):
                 if name in values:
                     values[name] = tuple(values[name] or ())
