@@ -35,6 +35,7 @@ from fhirpm.auth.errors import (
 from fhirpm.auth.records import CODES, AuthDocs, digest, same_secret
 from fhirpm.auth.scopes import ADMIN_SCOPE, ScopeSet, within
 from fhirpm.auth.tokens import Grant, Tokens
+from fhirpm.auth.users import Users
 
 _VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
 
@@ -107,10 +108,12 @@ class ClientAuthenticator:
 
 
 class TokenEndpoint:
-    def __init__(self, docs: AuthDocs, auth: ClientAuthenticator, tokens: Tokens) -> None:
+    def __init__(self, docs: AuthDocs, auth: ClientAuthenticator, tokens: Tokens,
+                 users: Users | None = None) -> None:
         self.docs = docs
         self.auth = auth
         self.tokens = tokens
+        self.users = users  # a code of a since disabled or deleted user is refused
 
     async def handle(self, form: Mapping[str, str], authorization: str | None) -> dict[str, Any]:
         grant_type = form.get("grant_type")
@@ -148,6 +151,8 @@ class TokenEndpoint:
                                     expires_at=record.expires_at):
             await self.tokens.revoke_grant(grant.grant_id)
             raise invalid_grant("this code was already used")
+        if self.users is not None and await self.users.get(grant.sub) is None:
+            raise invalid_grant("the user of this code is disabled or deleted")
         return await self.tokens.issue(grant, nonce=record.body.get("nonce"))
 
     async def _refresh(self, client: Client, form: Mapping[str, str]) -> dict[str, Any]:

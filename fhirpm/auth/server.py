@@ -47,7 +47,7 @@ class AuthServer:
         assertions = AssertionVerifier(docs, ClientKeys(conf.jwks_fetch_seconds),
                                        conf.assertion_max_seconds)
         self.client_auth = ClientAuthenticator(self.clients, assertions, urls.token)
-        self.token_endpoint = TokenEndpoint(docs, self.client_auth, self.tokens)
+        self.token_endpoint = TokenEndpoint(docs, self.client_auth, self.tokens, self.users)
         self.introspection = Introspection(self.client_auth, self.verifier, self.tokens,
                                            urls.issuer)
 

@@ -523,6 +523,15 @@ async def test_disable_and_password_reset_revoke_the_users_tokens(site: Site) ->
     assert r.status_code == 400
 
 
+async def test_a_code_issued_before_the_user_was_disabled_is_worthless(site: Site) -> None:
+    client_id, secret = await confidential_app_with_user(site)
+    callback, verifier = await code_flow(site.env, client_id, APP_SCOPE, user="doc")
+    await site.call("PATCH", "/users/doc", {"disabled": True})
+    r = await exchange(site.env, client_id, callback["code"], verifier, client_secret=secret)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+    assert "disabled" in r.json()["error_description"]
+
+
 async def test_password_reset_clears_a_lockout(site: Site) -> None:
     await confidential_app_with_user(site)
     for _ in range(site.env.server.settings.lockout_attempts):
