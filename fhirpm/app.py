@@ -123,6 +123,8 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
 
     ops_layer = ops.install(app, settings, store, interactions, auth=settings.auth.enabled,
                             mount=FHIR_MOUNT)  # app.state.ops: checks and metrics register here
+    if hl7 is not None:
+        hl7.register(ops_layer)  # readiness `mllp`, HL7 v2 message metrics
     from fhirpm.ops.middleware import EdgeMiddleware
 
     app.fhir_fast_path = EdgeMiddleware(fhir, ops=ops_layer)

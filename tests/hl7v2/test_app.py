@@ -53,3 +53,29 @@ async def test_cli_messages_and_replay(settings: Settings, capsys) -> None:
     code = await asyncio.to_thread(main, ["hl7", "replay", "--status", "rejected", *url])
     assert code == 1  # still an unknown event
     assert "ADT^A99 R1: rejected" in capsys.readouterr().out
+
+
+async def test_readiness_and_metrics_report_the_bridge(settings: Settings) -> None:
+    import httpx
+
+    from tests.conftest import BASE
+
+    app = create_app(with_mllp(settings))
+    bridge = app.state.hl7
+    assert bridge.listening() == "not listening"  # registered, not started yet
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url=BASE.rsplit("/fhir", 1)[0]) as client:
+            ready = (await client.get("/readyz")).json()
+            async with MllpClient("127.0.0.1", bridge.server.port) as mllp:
+                (good,) = await mllp.send(adt("A04", "M1"))
+                await mllp.send(adt("A04", "M1"))  # a resend: answered from the log
+                await mllp.send(adt("A99", "M2"))
+            metrics = (await client.get("/metrics")).text
+        await bridge.server.stop()  # the listener went away: no longer ready
+        assert bridge.listening() == "not listening"
+    assert ack.read(good).code == "AA"
+    assert ready["checks"]["mllp"] == "ok" and ready["status"] == "ready"
+    assert 'fhirpm_hl7_messages_total{type="ADT^A04",status="processed"} 1' in metrics
+    assert 'fhirpm_hl7_messages_total{type="ADT^A04",status="duplicate"} 1' in metrics
+    assert 'fhirpm_hl7_messages_total{type="other",status="rejected"} 1' in metrics
