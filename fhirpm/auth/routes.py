@@ -132,7 +132,12 @@ class AuthRoutes:
         return self.urls.issuer + path
 
     async def session(self, request: Request) -> Session | None:
-        return await self.server.sessions.load(request.cookies.get(COOKIE))
+        session = await self.server.sessions.load(request.cookies.get(COOKIE))
+        if session is not None and session.user is not None and not (
+                await self.server.users.signed_in(session.user,
+                                                  session.signed_in_at or session.auth_time)):
+            return Session(session.sid, session.csrf, session.browser)  # signed out
+        return session
 
     def set_cookie(self, response: Response, session: Session) -> Response:
         response.set_cookie(COOKIE, session.sid, max_age=self.server.settings.login_seconds,

@@ -24,6 +24,7 @@ class Session:
     browser: str  # stays the same across login: pending authorizations are bound to it
     user: str | None = None
     auth_time: int | None = None
+    signed_in_at: float | None = None  # auth_time, precisely (fhirpm.auth.users.signed_in)
 
     def csrf_ok(self, presented: str | None) -> bool:
         return bool(presented) and hmac.compare_digest(self.csrf, presented or "")
@@ -42,15 +43,17 @@ class Sessions:
             return None
         body = record.body
         return Session(sid, body["csrf"], body["browser"], body.get("user"),
-                       body.get("auth_time"))
+                       body.get("auth_time"), body.get("signed_in_at"))
 
     async def start(self, user: str | None = None, browser: str | None = None) -> Session:
-        now = int(time.time())
+        at = time.time()
+        now = int(at)
         session = Session(random_token(24), random_token(24), browser or random_token(16),
-                          user, now if user else None)
+                          user, now if user else None, at if user else None)
         await self.docs.put(SESSIONS, digest(session.sid),
                             {"csrf": session.csrf, "browser": session.browser, "user": user,
-                             "auth_time": session.auth_time},
+                             "auth_time": session.auth_time,
+                             "signed_in_at": session.signed_in_at},
                             expected_rev=0, expires_at=now + self.lifetime)
         return session
 

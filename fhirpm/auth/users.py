@@ -93,7 +93,8 @@ class Users:
                   disabled: bool = False) -> User:
         user = check_user(User(username, fhir_user, name, admin, disabled))
         hashed = await asyncio.to_thread(self.hasher.hash, check_password(password))
-        body = {**user.public(), "password_hash": hashed, "created": int(time.time())}
+        body = {**user.public(), "password_hash": hashed, "created": int(time.time()),
+                "created_at": time.time()}
         if not await self.docs.create(USERS, username, body):
             raise FhirError(Category.CONFLICT, f"User {username!r} already exists")
         return user
@@ -110,10 +111,22 @@ class Users:
         record = await self.docs.get(USERS, username)
         return (user_from_record(record.body), record) if record else None
 
+    async def signed_in(self, username: str, at: float | None) -> bool:
+        """Whether a sign-in at `at` (epoch seconds) still counts: the user is enabled and
+        was not created (again), disabled or given a new password since."""
+        found = await self.load(username)
+        if found is None or found[0].disabled or at is None:
+            return False
+        body = found[1].body
+        return at > max(body.get("created_at", 0), body.get("signed_out", 0))
+
     async def replace(self, record: Record, user: User, password: str | None = None) -> bool:
         """Store a changed user unless someone changed it since `record` was read; a new
-        password is hashed and clears a lockout."""
+        password is hashed and clears a lockout. Disabling or a new password ends the
+        user's sign-ins (`signed_in`)."""
         body = {**record.body, **check_user(user).public(), "updated": int(time.time())}
+        if password is not None or (user.disabled and not record.body.get("disabled")):
+            body["signed_out"] = time.time()
         if password is not None:
             body["password_hash"] = await asyncio.to_thread(self.hasher.hash,
                                                             check_password(password))

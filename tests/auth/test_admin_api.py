@@ -532,6 +532,33 @@ async def test_a_code_issued_before_the_user_was_disabled_is_worthless(site: Sit
     assert "disabled" in r.json()["error_description"]
 
 
+async def test_disabling_or_a_new_password_ends_open_sign_ins(site: Site) -> None:
+    client_id, _ = await confidential_app_with_user(site)
+    browser = Browser(site.http)
+    challenge = pkce()[1]
+
+    async def authorize() -> httpx.Response:
+        return await browser.follow(await browser.authorize(client_id, APP_SCOPE,
+                                                            challenge=challenge))
+
+    consent = await browser.login(await authorize(), "doc")
+    assert 'name="decision"' in (await authorize()).text  # signed in: straight to consent
+    await site.call("PATCH", "/users/doc", {"disabled": True})
+    await site.call("PATCH", "/users/doc", {"disabled": False})
+    r = await browser.consent(consent)  # the page from before: no longer signed in
+    assert r.status_code == 400 and "sign in" in r.text
+    consent = await browser.login(await authorize(), "doc")
+    assert 'name="decision"' in consent.text
+    await site.call("POST", "/users/doc/password", {"password": "a new long passphrase"})
+    page = await authorize()
+    assert 'name="password"' in page.text
+    consent = await browser.login(page, "doc", "a new long passphrase")
+    assert 'name="decision"' in consent.text
+    await site.call("DELETE", "/users/doc")  # another "doc" is someone else
+    await site.call("POST", "/users", {"username": "doc", "password": PASSWORD})
+    assert 'name="password"' in (await authorize()).text
+
+
 async def test_password_reset_clears_a_lockout(site: Site) -> None:
     await confidential_app_with_user(site)
     for _ in range(site.env.server.settings.lockout_attempts):
