@@ -29,7 +29,8 @@ from fhirpm.operations.registry import OperationSpec, register
 from fhirpm.repository.interactions import FhirRequest, FhirResponse, Interactions
 from fhirpm.repository.service import now_instant
 from fhirpm.scheduling import lookup, model
-from fhirpm.scheduling.params import Inputs, instant_text
+from fhirpm.scheduling.params import Inputs
+from fhirpm.search.query import DatePred, Param
 
 if TYPE_CHECKING:
     from fhirpm.config import SchedulingSettings
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
 
 DEFINITION = "http://fhirpm.org/fhir/OperationDefinition/Appointment-find"
 MAX_WINDOW = timedelta(days=366)
+# The longest piece of the window one Slot search covers when many Schedules qualify: the
+# store's planner materialises a driver of up to 2,000 index rows (sqlite PROBE_CAP), and
+# half a day holds that many Slots for ~95 practitioners at 20-minute slots.
+BROAD_PIECE = timedelta(hours=12)
 
 
 class Find:
@@ -63,11 +68,12 @@ class Find:
         schedules = await candidate_schedules(ix.repo, inputs)
         slots: list[ResourceVersion] = []
         if schedules is None or schedules:
-            params = slot_params(inputs, schedules, start, end)
-            want = limit if duration is None else min(limit * 8, 2000)
-            slots = await lookup.search(ix.repo, "Slot", params, count=want)
+            params = slot_params(inputs, None if schedules is None else sorted(schedules))
+            want = limit if duration is None else min(limit * 4, 1000)
+            slots = await free_slots(ix.repo, params, start, end, want,
+                                     narrow=schedules is not None and len(schedules) <= 2)
         proposals = await propose(ix.repo, [jsonio.loads(s.body) for s in slots], duration,
-                                  patient, limit)
+                                  patient, limit, schedules or {})
         entries = [{"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": p,
                     "search": {"mode": "match"}} for p in proposals]
         return FhirResponse(200, bundle("searchset", entries, total=len(entries),
@@ -119,9 +125,10 @@ def patient_of(req: FhirRequest, given: str | None) -> str | None:
     return f"Patient/{model.local_id(given, 'Patient')}" if given else None
 
 
-async def candidate_schedules(repo: Repository, inputs: Inputs) -> list[str] | None:
-    """Schedule ids for `practitioner` and `location` (None: any Schedule)."""
-    found: set[str] | None = None
+async def candidate_schedules(repo: Repository, inputs: Inputs
+                              ) -> dict[str, dict[str, Any]] | None:
+    """The Schedules (by id) for `practitioner` and `location` (None: any Schedule)."""
+    found: dict[str, dict[str, Any]] | None = None
     for name, type_, role_param in (("practitioner", "Practitioner", "practitioner"),
                                     ("location", "Location", "location")):
         refs = inputs.texts(name)
@@ -138,15 +145,43 @@ async def candidate_schedules(repo: Repository, inputs: Inputs) -> list[str] | N
                               if roles else [])
         schedules = await lookup.search(repo, "Schedule", [("actor", ",".join(actors))],
                                         everything=True)
-        these = {s.id for s in schedules}
-        found = these if found is None else found & these
-    return sorted(found) if found is not None else None
+        these = {s.id: jsonio.loads(s.body) for s in schedules}
+        found = these if found is None else {k: v for k, v in found.items() if k in these}
+    return found
 
 
-def slot_params(inputs: Inputs, schedules: list[str] | None, start: datetime,
-                end: datetime) -> list[tuple[str, str]]:
-    params = [("status", "free"), ("start", f"ge{instant_text(start)}"),
-              ("start", f"lt{instant_text(end)}"), ("_sort", "start")]
+async def free_slots(repo: Repository, params: list[tuple[str, str]], start: datetime,
+                     end: datetime, want: int, *, narrow: bool = False
+                     ) -> list[ResourceVersion]:
+    """The first `want` Slots matching `params` that start in [start, end), by start.
+
+    The window is searched in pieces, each one bounded range on the start index: the
+    store's planner materialises a small driver and tests the rest per row, so a broad
+    $find ("any doctor, this month") reads half a day of index rows at a time until it has
+    enough, never the whole horizon. `narrow` (a few Schedules, whose own Slots are a
+    small driver): pieces start at a day and grow with what they yield."""
+    found: list[ResourceVersion] = []
+    span = timedelta(days=1) if narrow else BROAD_PIECE
+    while start < end and len(found) < want:
+        piece_end = min(start + span, end)
+        got = await lookup.search(repo, "Slot", params, count=want - len(found),
+                                  extra=(_starts_within(start, piece_end),))
+        found += got
+        start = piece_end
+        if narrow:  # grow by the yield: a sparse calendar skips ahead in one step
+            span *= max(2, -(-(want - len(found)) // max(len(got), 1)))
+    return found
+
+
+def _starts_within(start: datetime, end: datetime) -> Param:
+    """Slot.start in [start, end): one `eq` range (inclusive epoch microseconds)."""
+    lo = int(start.timestamp() * 1_000_000)
+    hi = int(end.timestamp() * 1_000_000) - 1
+    return Param("start", "date", (DatePred("eq", lo, hi),))
+
+
+def slot_params(inputs: Inputs, schedules: list[str] | None) -> list[tuple[str, str]]:
+    params = [("status", "free"), ("_sort", "start")]
     if schedules is not None:
         params.append(("schedule", ",".join(f"Schedule/{s}" for s in schedules)))
     for name in ("service-type", "specialty"):
@@ -165,20 +200,24 @@ def slot_params(inputs: Inputs, schedules: list[str] | None, start: datetime,
 
 
 async def propose(repo: Repository, slots: list[dict[str, Any]], duration: int | None,
-                  patient: str | None, limit: int) -> list[dict[str, Any]]:
-    """Proposed Appointments over `slots` (sorted by start), at most `limit`."""
-    schedules: dict[str, dict[str, Any]] = {}
-    out: list[dict[str, Any]] = []
-    for run in _runs(slots, duration):
-        if len(out) >= limit:
-            break
-        schedule_id = model.local_id(run[0]["schedule"].get("reference"), "Schedule") or ""
-        if schedule_id not in schedules:
-            found = await repo.store.read("Schedule", schedule_id)
-            schedules[schedule_id] = (jsonio.loads(found.body) if found and not found.deleted
-                                      else {})
-        out.append(proposal(run, schedules[schedule_id], patient))
-    return out
+                  patient: str | None, limit: int,
+                  known: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Proposed Appointments over `slots` (sorted by start), at most `limit`; `known`:
+    Schedules already read."""
+    runs = _runs(slots, duration)[:limit]
+    owners = [_schedule_of(run[0]) for run in runs]
+    wanted = sorted(set(owners) - {""} - set(known))
+    schedules = dict(known)
+    if wanted:  # one search for all of them, not a read each
+        for version in await lookup.search(repo, "Schedule", [("_id", ",".join(wanted))],
+                                           count=len(wanted)):
+            schedules[version.id] = jsonio.loads(version.body)
+    return [proposal(run, schedules.get(owner, {}), patient)
+            for run, owner in zip(runs, owners, strict=True)]
+
+
+def _schedule_of(slot: dict[str, Any]) -> str:
+    return model.local_id((slot.get("schedule") or {}).get("reference"), "Schedule") or ""
 
 
 def _runs(slots: list[dict[str, Any]], duration: int | None) -> list[list[dict[str, Any]]]:

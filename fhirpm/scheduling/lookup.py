@@ -12,6 +12,7 @@ from fhirpm.search.parse import SearchParser
 
 if TYPE_CHECKING:
     from fhirpm.repository.service import Repository
+    from fhirpm.search.query import Clause
     from fhirpm.storage.port import ResourceVersion, UnitOfWork
 
 PAGE = 500
@@ -19,11 +20,13 @@ PAGE = 500
 
 async def search(repo: Repository, type: str, params: Sequence[tuple[str, str]], *,
                  count: int = PAGE, unit: UnitOfWork | None = None,
-                 everything: bool = False) -> list[ResourceVersion]:
-    """Resources of `type` matching `params` (a bad parameter is a 400, never ignored):
-    the first `count`, or with `everything` every page."""
+                 everything: bool = False, extra: Sequence[Clause] = ()
+                 ) -> list[ResourceVersion]:
+    """Resources of `type` matching `params` and the `extra` clauses (a bad parameter is a
+    400, never ignored): the first `count`, or with `everything` every page."""
     parser = SearchParser(repo.registry, max_count=max(count, PAGE))
-    query = parser.parse([type], [*params, ("_count", str(count))], strict=True).query
+    params = [*params, ("_count", str(count)), ("_total", "none")]
+    query = parser.parse([type], params, strict=True, extra=extra).query
     found: list[ResourceVersion] = []
     while True:
         result = await (unit.search(query) if unit is not None else repo.store.search(query))
