@@ -129,3 +129,23 @@ async def test_cancelling_frees_the_slot(served: tuple[Interactions, MllpClient]
     assert (await send(mllp, siu("S15", "C2", filler="APT1", status=""))).code == "AA"
     assert (await read(ix, "Slot", slot_id))["status"] == "free"
     assert (await send(mllp, siu("S12", "C3", filler="APT2"))).code == "AA"  # free again
+
+
+async def test_a_slotted_appointment_echoed_back_changes_nothing(
+        served: tuple[Interactions, MllpClient]) -> None:
+    from fhirpm.config import Destination
+    from fhirpm.hl7v2.outbound import CONSUMER, Outbound
+
+    ix, mllp = served
+    await schedule_for_the_practitioner(ix, mllp)
+    assert (await send(mllp, siu("S12", "E1", filler="APT1"))).code == "AA"
+    out = Outbound(ix.repo.store, Hl7Settings(destinations=[Destination(
+        name="ehr", host="127.0.0.1", port=9, events=["SIU^S12"])]))
+    await out.feed.catch_up(CONSUMER, out.enqueue)
+    (echo,) = [e["message"] for e in await out.pending() if "|APT1" in e["message"]]
+    store = ix.repo.store
+    kinds = ("Appointment", "Slot", "Patient", "Practitioner", "Schedule")
+    before = {k: await store.history_count(HistoryQuery(type=k)) for k in kinds}
+    assert "AIP|" in echo and "SCH|" in echo
+    assert (await send(mllp, echo)).code == "AA"
+    assert {k: await store.history_count(HistoryQuery(type=k)) for k in kinds} == before
