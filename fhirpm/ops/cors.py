@@ -46,7 +46,8 @@ def origin_of(url: str) -> str | None:
 
 
 async def client_origins(store: object) -> set[str]:
-    """The origins of every registered client's redirect URIs."""
+    """The origins of every enabled client's redirect URIs (a disabled client is unknown
+    to every flow, so its origins are not allowed either)."""
     from fhirpm.auth.clients import client_from_record
     from fhirpm.auth.records import CLIENTS, AuthDocs
 
@@ -54,9 +55,12 @@ async def client_origins(store: object) -> set[str]:
     found: set[str] = set()
     for record in records:
         try:
-            uris = client_from_record(record.body).redirect_uris
+            client = client_from_record(record.body)
         except (KeyError, TypeError):
             continue
+        if client.disabled:
+            continue
+        uris = client.redirect_uris
         found.update(o for o in map(origin_of, uris) if o)
     return found
 

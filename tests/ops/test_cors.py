@@ -51,6 +51,15 @@ async def test_default_is_the_registered_clients_redirect_origins(tmp_path: Path
     assert evil_get.status_code == 200 and "access-control-allow-origin" not in evil_get.headers
 
 
+async def test_a_disabled_clients_origin_is_not_allowed(tmp_path: Path) -> None:
+    async with running(ops_settings(tmp_path)) as (app, client):
+        app.state.ops.cors.ttl = 0
+        await app.state.auth.clients.add(name="retired app", auth_method="none", disabled=True,
+                                         redirect_uris=[APP + "/callback"])
+        r = await client.get("/fhir/metadata", headers={"Origin": APP})
+    assert "access-control-allow-origin" not in r.headers
+
+
 async def test_a_configured_list_or_any_origin(tmp_path: Path) -> None:
     listed = ops_settings(tmp_path / "a", cors_origins=["https://portal.example"])
     async with running(listed) as (_, client):
