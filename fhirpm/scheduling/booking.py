@@ -81,7 +81,7 @@ class Booking:
     async def hold(self, ix: Interactions, req: FhirRequest, type: str | None,
                    id: str | None) -> FhirResponse:
         inputs = Inputs(req)
-        appointment = _proposal(inputs)
+        appointment = _proposal(ix, inputs)
         appointment.pop("id", None)
         appointment["status"] = "pending"
         _with_patient(appointment, patient_of(req, inputs.text("patient")), "tentative")
@@ -101,7 +101,7 @@ class Booking:
     async def book(self, ix: Interactions, req: FhirRequest, type: str | None,
                    id: str | None) -> FhirResponse:
         inputs = Inputs(req)
-        given = _proposal(inputs)
+        given = _proposal(ix, inputs)
         policy = policy_of(ix, req)
         overbook = inputs.flag("overbook")
         if overbook and not is_staff(policy):
@@ -154,7 +154,7 @@ class Booking:
         inputs = Inputs(req)
         slots = inputs.texts("slot")
         if not slots:
-            target = _proposal(inputs)
+            target = _proposal(ix, inputs)
             slots = [s.get("reference", "") for s in target.get("slot") or ()]
         if not slots or any(model.local_id(s, "Slot") is None for s in slots):
             raise FhirError(Category.INVALID, "$reschedule needs the new slot references "
@@ -234,12 +234,18 @@ def _expired(appointment: dict[str, Any], now: datetime) -> bool:
 # -- helpers ----------------------------------------------------------------------------
 
 
-def _proposal(inputs: Inputs) -> dict[str, Any]:
+def _proposal(ix: Interactions, inputs: Inputs) -> dict[str, Any]:
+    """The `appointment` input: a structurally valid Appointment naming its Slots."""
     found = inputs.one("appointment")
     if not isinstance(found, dict) or found.get("resourceType") != "Appointment":
         raise FhirError(Category.REQUIRED, "Give the appointment to book: an Appointment "
                         "(from $find) as the body or as the `appointment` parameter",
                         expression=("appointment",))
+    errors = [i for i in ix.repo.validator.validate(found, jsonio.dumps(found))
+              if i.severity in ("error", "fatal")]
+    if errors:
+        raise FhirError(Category.INVALID, f"appointment: {errors[0].diagnostics}",
+                        issues=errors)
     if not model.slot_ids(found) and not found.get("id"):
         raise FhirError(Category.BUSINESS_RULE, "The appointment names no Slot: $find "
                         "proposes appointments with their slots",
