@@ -88,15 +88,18 @@ class ServerProcess:
 
     @classmethod
     def fhirpm(cls, store_url: str, log_path: Path, port: int | None = None, *,
-               auth: bool = False) -> ServerProcess:
+               auth: bool = False, env: dict[str, str] | None = None) -> ServerProcess:
         """`auth`: authorization on, as deployed; `token` then holds a staff token for it
         (minted into the store before the server starts). Off by default for the tests
-        about serving, durability and ingest, where it adds nothing."""
+        about serving, durability and ingest, where it adds nothing. `env`: more
+        `FHIRPM_*` settings for the server (benchmarks running it as deployed)."""
         port = port or free_port()
+        extra = env or {}
         if not auth:
-            return cls(fhirpm_command(port, store_url), port, log_path)
+            return cls(fhirpm_command(port, store_url), port, log_path,
+                       env=server_env(**extra))
         server = cls(fhirpm_command(port, store_url), port, log_path,
-                     env=server_env(FHIRPM_AUTH__ENABLED="true"))
+                     env=server_env(**{**extra, "FHIRPM_AUTH__ENABLED": "true"}))
         server.token = staff_token(store_url, port)
         return server
 

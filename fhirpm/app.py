@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.convertors import Convertor, register_url_convertor
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route, request_response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fhirpm import __version__
@@ -116,7 +114,9 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
                     "reach this server can read and change every record. Development only.")
     endpoint = FhirEndpoint(interactions, settings.fhir_base, settings.max_body_bytes,
                             FHIR_MOUNT, callers=callers)
-    fhir = _AllMethods(endpoint.handle)
+    # a plain ASGI app, so Starlette routes every method to it and an unknown one gets the
+    # FHIR router's 405 OperationOutcome, not the framework's own
+    fhir = endpoint
     app.router.routes.append(Route(FHIR_MOUNT, fhir))
     app.router.routes.append(Route(FHIR_MOUNT + "/{path:anything}", fhir))
     from fhirpm import ops  # request ids, access log, limits, CORS, health, metrics
@@ -201,15 +201,3 @@ class _Anything(Convertor[str]):
 
 
 register_url_convertor("anything", _Anything())
-
-
-class _AllMethods:
-    """The FHIR endpoint as a plain ASGI app: Starlette then routes every HTTP method to it
-    (for a function it filters by a method list and answers others with its own non-FHIR
-    405), so unknown methods get the FHIR router's 405 OperationOutcome and Allow header."""
-
-    def __init__(self, handle: Callable[[Request], Awaitable[Response]]) -> None:
-        self._app = request_response(handle)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._app(scope, receive, send)

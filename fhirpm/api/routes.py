@@ -1,16 +1,24 @@
-"""The FHIR endpoint: every path under the base goes through one Starlette endpoint into
+"""The FHIR endpoint: every path under the base goes through one ASGI app into
 `Interactions.dispatch`. Errors become OperationOutcomes here and nowhere else.
 
 Each request carries its caller (`FhirRequest.principal`, from the Authorization header
 through `bearer.Callers`); what the caller may do is decided below, in
 `fhirpm.repository.access`. `callers=None` means authorization is off (development only):
-every request is then trusted."""
+every request is then trusted.
+
+The endpoint speaks ASGI itself rather than through Starlette's Request and Response: a
+read by id serves stored bytes, and building the framework's request, query and header
+objects, its exception wrapper and its response cost more than the store read
+(docs/performance.md). What it sends is what `starlette.responses.Response` would send:
+the handler's headers (names lower-cased), then `content-length` and `content-type`.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
+from urllib.parse import parse_qsl
 
-from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from fhirpm.api.bearer import Callers
@@ -25,12 +33,24 @@ from fhirpm.repository.interactions import FhirRequest, FhirResponse, Interactio
 
 log = logging.getLogger("fhirpm.api")
 
-_FORWARDED_HEADERS = ("if-match", "if-none-match", "if-modified-since", "if-none-exist",
-                      "prefer", "accept", "content-type")
-_BODY_METHODS = ("POST", "PUT", "PATCH")
+Scope = dict[str, Any]
+RawHeaders = list[tuple[bytes, bytes]]
+
+# request headers the interactions read (FhirRequest.headers), and the edge's own
+_FORWARDED_HEADERS = frozenset({"if-match", "if-none-match", "if-modified-since",
+                                "if-none-exist", "prefer", "accept", "content-type"})
+_EDGE_HEADERS = frozenset({b"authorization", b"content-length"})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_NO_LENGTH = frozenset({204, 304})  # statuses Starlette sends without content-length
+
+
+class _Disconnected(Exception):
+    """The client went away while we read its body."""
 
 
 class FhirEndpoint:
+    """The ASGI app behind every path under the FHIR base (all methods)."""
+
     def __init__(self, interactions: Interactions, base_url: str, max_body_bytes: int,
                  mount: str, *, callers: Callers | None) -> None:
         self.interactions = interactions
@@ -39,79 +59,152 @@ class FhirEndpoint:
         self.max_body_bytes = max_body_bytes
         self.mount = mount
 
-    async def handle(self, request: Request) -> Response:
-        params = request.query_params
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         media = "application/fhir+json"
-        pretty = wants_pretty(params.get("_pretty"))
+        pretty = False
         try:
-            media = response_media_type(params.get("_format"), request.headers.get("accept"))
-            fhir_request = await self._fhir_request(request)
+            params = _query(scope["query_string"])
+            pretty = wants_pretty(_last(params, "_pretty"))
+            headers, edge = _headers(scope["headers"])
+            media = response_media_type(_last(params, "_format"), headers.get("accept"))
+            fhir_request = await self._fhir_request(scope, receive, params, headers, edge)
             answer = await self.interactions.dispatch(fhir_request)
-            return _render(answer, media, pretty)
+            status, raw, body = _render(answer, media, pretty)
         except FhirError as err:
-            return error_response(err, media, pretty)
-        except ClientDisconnect:
-            return Response(status_code=499)
+            status, raw, body = _error(err, media, pretty)
+        except _Disconnected:
+            status, raw, body = 499, [(b"content-length", b"0")], b""
         except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             err = FhirError(Category.INTERNAL, "Internal server error; see the server log")
-            return error_response(err, media, pretty)
+            status, raw, body = _error(err, media, pretty)
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
 
-    async def _fhir_request(self, request: Request) -> FhirRequest:
-        method = request.method
+    async def _fhir_request(self, scope: Scope, receive: Any,
+                            params: tuple[tuple[str, str], ...], headers: dict[str, str],
+                            edge: dict[bytes, bytes]) -> FhirRequest:
+        method = scope["method"]
         body = None
-        scope = request.scope
-        # the scope's own path and raw header list: building request.url (urlsplit) and a
-        # Headers lookup per name cost more than the store read of a GET by id
         path = scope["path"][len(self.mount):].strip("/")
         if method in _BODY_METHODS:
             if not path.endswith("_search"):  # search checks its form body itself
-                check_request_media_type(request.headers.get("content-type"), method)
-            body = await self._read_body(request)
-        headers: dict[str, str] = {}
-        for raw_name, raw_value in scope["headers"]:  # ASGI: names are lower-case bytes
-            name = raw_name.decode("latin-1")
-            if name in _FORWARDED_HEADERS and name not in headers:
-                headers[name] = raw_value.decode("latin-1")
-        params = tuple(request.query_params.multi_items()) if scope["query_string"] else ()
+                check_request_media_type(headers.get("content-type"), method)
+            body = await self._read_body(receive, edge.get(b"content-length"))
         principal = None
         if self.callers is not None:
-            principal = await self.callers.caller(request.headers.get("authorization"))
+            authorization = edge.get(b"authorization")
+            principal = await self.callers.caller(
+                authorization.decode("latin-1") if authorization is not None else None)
         return FhirRequest(method=method, path=path, base=self.base_url, params=params,
                            headers=headers, body=body, principal=principal)
 
-    async def _read_body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
+    async def _read_body(self, receive: Any, declared: bytes | None) -> bytes:
         if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
             raise _too_large(self.max_body_bytes)
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
                 raise _too_large(self.max_body_bytes)
             chunks.append(chunk)
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _query(raw: bytes) -> tuple[tuple[str, str], ...]:
+    """The query string's pairs in order, decoded as Starlette's QueryParams does."""
+    if not raw:
+        return ()
+    return tuple(parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
+
+
+def _last(params: tuple[tuple[str, str], ...], name: str) -> str | None:
+    """A parameter's last value (what a query-params mapping's `get` answers)."""
+    found = None
+    for key, value in params:
+        if key == name:
+            found = value
+    return found
+
+
+def _headers(raw: RawHeaders) -> tuple[dict[str, str], dict[bytes, bytes]]:
+    """(the headers interactions read, the edge's own), first occurrence of each; ASGI
+    names are lower-case bytes."""
+    headers: dict[str, str] = {}
+    edge: dict[bytes, bytes] = {}
+    for raw_name, raw_value in raw:
+        if raw_name in _EDGE_HEADERS:
+            edge.setdefault(raw_name, raw_value)
+            continue
+        name = raw_name.decode("latin-1")
+        if name in _FORWARDED_HEADERS and name not in headers:
+            headers[name] = raw_value.decode("latin-1")
+    return headers, edge
 
 
 def _too_large(limit: int) -> FhirError:
     return FhirError(Category.TOO_LARGE, f"Request body is larger than {limit} bytes")
 
 
-def _render(answer: FhirResponse, media: str, pretty: bool) -> Response:
+def _render(answer: FhirResponse, media: str, pretty: bool) -> tuple[int, RawHeaders, bytes]:
     body = answer.body
     if body is not None and pretty:
         body = jsonio.dumps(jsonio.loads(body), pretty=True)
-    headers = dict(answer.headers)
     if answer.status == 304:
-        return Response(status_code=304, headers=headers)
-    return Response(content=body, status_code=answer.status, headers=headers,
-                    media_type=f"{media}; charset=utf-8" if body is not None else None)
+        return 304, _raw(answer.headers), b""
+    return _message(answer.status, answer.headers, body, media)
+
+
+def _error(err: FhirError, media: str, pretty: bool) -> tuple[int, RawHeaders, bytes]:
+    return _message(err.status, err.headers, jsonio.dumps(err.outcome(), pretty=pretty), media)
+
+
+def _message(status: int, headers: dict[str, str] | None, body: bytes | None,
+             media: str) -> tuple[int, RawHeaders, bytes]:
+    raw = _raw(headers)
+    names = {name for name, _ in raw} if raw else ()
+    if status >= 200 and status not in _NO_LENGTH and b"content-length" not in names:
+        raw.append((b"content-length", b"%d" % len(body or b"")))
+    if body is not None and b"content-type" not in names:
+        raw.append((b"content-type", _content_type(media)))
+    return status, raw, body or b""
+
+
+def _raw(headers: dict[str, str] | None) -> RawHeaders:
+    if not headers:
+        return []
+    return [(_name(k), v.encode("latin-1")) for k, v in headers.items()]
+
+
+_NAMES: dict[str, bytes] = {}
+_CONTENT_TYPES: dict[str, bytes] = {}
+
+
+def _name(header: str) -> bytes:
+    found = _NAMES.get(header)
+    if found is None:
+        found = header.lower().encode("latin-1")
+        if len(_NAMES) < 256:  # handler header names are a small fixed set
+            _NAMES[header] = found
+    return found
+
+
+def _content_type(media: str) -> bytes:
+    found = _CONTENT_TYPES.get(media)
+    if found is None:
+        found = _CONTENT_TYPES[media] = f"{media}; charset=utf-8".encode("latin-1")
+    return found
 
 
 def error_response(err: FhirError, media: str = "application/fhir+json",
                    pretty: bool = False) -> Response:
+    """An OperationOutcome as a Starlette response (for the edge middleware's own errors)."""
     return Response(content=jsonio.dumps(err.outcome(), pretty=pretty),
                     status_code=err.status, headers=err.headers,
                     media_type=f"{media}; charset=utf-8")
-

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from fhirpm.api.routes import error_response
 from fhirpm.errors import Category, FhirError, Issue
+from fhirpm.logs import AccessLine
 from fhirpm.ops import context
 from fhirpm.ops.classify import OPS_PATHS, classify
 from fhirpm.ops.ratelimit import Rule
@@ -55,6 +56,7 @@ class EdgeMiddleware:
         self.ops = ops
         self.mount = ops.mount
         self.auth_prefix = ops.auth_mount + "/"
+        self.access_line = AccessLine(access, annotators=(context.RequestIdFilter,))
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -194,12 +196,12 @@ class EdgeMiddleware:
         status = answer.status if answer.started else 499  # the client went away
         ops.requests.inc((interaction, type_, str(status)))
         ops.latency.observe((interaction, type_), seconds)
-        if not ops.access_log or not access.isEnabledFor(logging.INFO):
+        if not ops.access_log:
             return
         if exchange.path in OPS_PATHS and status < 400:
             return  # probes and scrapes every few seconds would drown the log
         # the path only: query strings carry search terms, which may be patient data
-        access.info("%s %s %s", exchange.method, exchange.path, status, extra={
+        self.access_line.line(f"{exchange.method} {exchange.path} {status}", {
             "request_id": exchange.request_id, "method": exchange.method,
             "path": exchange.path, "status": status, "duration_ms": round(seconds * 1000, 3),
             "client": exchange.client, "interaction": interaction})
