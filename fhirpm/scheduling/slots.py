@@ -113,15 +113,24 @@ def build_slot(schedule: dict[str, Any], start: datetime, end: datetime,
     return slot
 
 
+def _same(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """A stored Slot already as generated (free, unoccupied, same content): the usual
+    case of an hourly run, decided without opening a unit of work."""
+    return {k: v for k, v in stored.items() if k != "meta"} == wanted
+
+
 def _generated(slot: dict[str, Any]) -> bool:
     return any(i.get("system") == model.GENERATED for i in slot.get("identifier") or ())
 
 
 def _untouched(current: ResourceVersion | None) -> bool:
-    """A Slot generation must leave alone: occupied, or not free."""
-    if current is None or current.deleted:
-        return False
-    slot = jsonio.loads(current.body)
+    """A Slot generation must leave alone (checked again inside the writing unit)."""
+    return current is not None and not current.deleted and _occupied(
+        jsonio.loads(current.body))
+
+
+def _occupied(slot: dict[str, Any]) -> bool:
+    """Occupied, or not free: booked, held, or marked busy by someone."""
     return slot.get("status") != "free" or bool(model.occupants(slot))
 
 
@@ -139,11 +148,15 @@ async def generate(repo: Repository, schedule_id: str, first: date, last: date,
     existing = await lookup.search(repo, "Slot", [
         ("schedule", f"Schedule/{schedule_id}"), ("start", f"ge{lo.isoformat()}"),
         ("start", f"lt{hi.isoformat()}")], everything=True)
-    stale = [v.id for v in existing
-             if v.id not in desired and _generated(jsonio.loads(v.body))]
-    counts = Counts(kept=len(existing) - len(stale) - sum(v.id in desired for v in existing))
-    work: list[tuple[str, dict[str, Any] | None]] = [(i, None) for i in stale]
-    work += list(desired.items())
+    bodies = {v.id: jsonio.loads(v.body) for v in existing}
+    stale = [i for i, body in bodies.items() if i not in desired and _generated(body)]
+    same = {i for i, body in bodies.items() if i in desired and _same(body, desired[i])}
+    busy = {i for i, body in bodies.items() if _occupied(body)}  # never rewritten
+    counts = Counts(kept=len(busy | (bodies.keys() - desired.keys() - set(stale))),
+                    unchanged=len(same))
+    work: list[tuple[str, dict[str, Any] | None]] = [(i, None) for i in stale
+                                                     if i not in busy]
+    work += [(i, slot) for i, slot in desired.items() if i not in same and i not in busy]
     for n in range(0, len(work), BATCH):
         async with repo.unit(None) as unit:
             for id_, slot in work[n:n + BATCH]:
