@@ -201,3 +201,16 @@ async def test_the_job_rolls_the_horizon_for_every_schedule(
         before = await slots(client, one["schedule"]["id"])
         assert await app.state.jobs.run_now("scheduling.generate-slots", force=True)
         assert await slots(client, one["schedule"]["id"]) == before  # nothing rewritten
+
+
+async def test_generated_slots_across_the_spring_change(client: httpx.AsyncClient) -> None:
+    world = await practice(client)
+    sid = world["schedule"]["id"]
+    await generate(client, sid, "2026-03-27", "2026-03-30")  # Fri .. Mon, change on Sunday
+    made = await slots(client, sid)
+    firsts = {s["start"][:10]: s for s in reversed(made)}
+    assert firsts["2026-03-27"]["start"] == "2026-03-27T09:00:00+01:00"
+    assert firsts["2026-03-27"]["id"] == f"{sid}-202603270800"
+    assert firsts["2026-03-30"]["start"] == "2026-03-30T09:00:00+02:00"
+    assert firsts["2026-03-30"]["id"] == f"{sid}-202603300700"
+    assert len(made) == 28
