@@ -93,17 +93,20 @@ class AuditHooks:
 
     # -- HL7 v2 ---------------------------------------------------------------------------
 
-    async def message(self, *, sender: str, peer: str = "", message_type: str = "",
-                      control_id: str = "", ack: str = "AA", error: str | None = None,
-                      resources: tuple[str, ...] = (), patient: str | None = None) -> None:
-        """An HL7 v2 message received from `sender` (MSH-3^MSH-4) at `peer` (its address),
-        answered with `ack` (AA, AE, AR; CA, CE, CR)."""
-        status = {"A": 200, "E": 422, "R": 503}.get(ack[-1:], 200)
-        who = ev.Who(client_id=sender or None, address=peer or None)
-        await self._record(ev.message_event(sender, who, self.recorder.server,
-                                            ev.Outcome(status, error), now_instant(),
-                                            message_type=message_type, control_id=control_id,
-                                            resources=resources, patient=patient))
+    async def received(self, record: Any) -> None:
+        """An HL7 v2 message received and answered: `record` is its message-log entry
+        (fhirpm.hl7v2.messages.LoggedMessage: sender, peer, type, control id, status,
+        error, the resources it wrote and its patient)."""
+        status = {"processed": 200, "error": 422, "rejected": 400}.get(record.status, 500)
+        sender = "^".join(p for p in (record.sender, record.facility) if p)
+        who = ev.Who(client_id=sender or None, address=record.peer or None,
+                      request_id=f"hl7v2:{record.id}")
+        patient = record.patient.removeprefix("Patient/") or None
+        await self._record(ev.message_event(
+            sender, who, self.recorder.server,
+            ev.Outcome(status, record.error or None), now_instant(),
+            message_type=record.type, control_id=record.control_id,
+            resources=tuple(record.resources), patient=patient))
 
     async def _record(self, event: dict[str, Any]) -> None:
         await self.recorder.record([event])
@@ -127,7 +130,7 @@ class _Silent:
     async def consent(self, *args: Any, **kwargs: Any) -> None:
         return None
 
-    async def message(self, *args: Any, **kwargs: Any) -> None:
+    async def received(self, *args: Any, **kwargs: Any) -> None:
         return None
 
 

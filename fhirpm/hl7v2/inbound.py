@@ -20,6 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from fhirpm.audit.security import audit_of
 from fhirpm.config import Hl7Settings
 from fhirpm.errors import Category, FhirError
 from fhirpm.hl7v2 import ack, parser
@@ -122,6 +123,7 @@ class Inbound:
                 acks.append(self._ack(h, "AA"))
         record.acks = sent_early + acks
         await self.log.save(record)
+        await audit_of(self.ix).received(record)  # the audit trail (fhirpm.audit)
         return Outcome(acks, record, resources=record.resources)
 
     async def _rejected(self, raw: bytes, peer: str, err: V2Error) -> Outcome:
@@ -130,6 +132,7 @@ class Inbound:
         record.acks = [ack.build(None, "AR", error=err, application=self.settings.application,
                                  facility=self.settings.facility)]
         await self.log.save(record)
+        await audit_of(self.ix).received(record)
         return Outcome(record.acks, record)
 
     def _ack(self, h: Header, code: str, error: V2Error | None = None) -> str:

@@ -22,7 +22,8 @@ async def history(client: httpx.AsyncClient, path: str,
         assert r.status_code == 200, r.text
         body = r.json()
         out += [(e["fullUrl"].split("/fhir/")[1], e["request"]["method"])
-                for e in body.get("entry", [])]
+                for e in body.get("entry", [])  # not the reads' own audit trail
+                if not e["fullUrl"].split("/fhir/")[1].startswith("AuditEvent/")]
         url = link(body, "next")
     return out
 

@@ -145,6 +145,8 @@ async def tags_in_history(client: httpx.AsyncClient, base: str) -> Counter[str]:
         page = (await client.get(url)).json()
         for entry in page.get("entry", []):
             resource = entry["resource"]
+            if resource["resourceType"] == "AuditEvent":
+                continue  # the audit trail's own records
             assert resource["meta"]["versionId"] == "1"
             tags[resource["identifier"][0]["value"]] += 1
         url = next((link["url"] for link in page.get("link", [])

@@ -197,7 +197,7 @@ async def test_compartment_search(loaded: httpx.AsyncClient) -> None:
     assert ids(await search(loaded, "Patient/p1/Appointment?status=booked")) == ["a1"]
     assert ids(await search(loaded, "Patient/p1/Patient")) == ["p1"]
     everything = sorted(ids(await search(loaded, "Patient/p1/*")))
-    assert everything == ["a1", "o1", "p1", "r1"]
+    assert [i for i in everything if not i.startswith("ae-")] == ["a1", "o1", "p1", "r1"]
     assert ids(await search(loaded, "Practitioner/dr1/Observation")) == ["o1"]
 
 
