@@ -5,10 +5,13 @@
 Prints, on this machine:
   parse      our tokenizer (every field split), python-hl7 and hl7apy when installed
   map        parse + mapping engine (the Bundle), no store
-  tx         the mapped transaction Bundles dispatched in-process (the REST write path,
-             no HTTP, no v2): the ingest rate to compare against
-  mllp       messages sent over one MLLP connection, each ACKed after its transaction
-             committed: messages/s and resources/s (resources = versions written)
+  tx         the mapped transaction Bundles dispatched in-process (the REST transaction
+             path, no HTTP, no v2): the ingest rate to compare against
+  mllp       messages sent over one MLLP connection, each ACKed after its unit of work
+             committed (as deployed: the audit trail on), and again with the audit trail
+             off (the bridge's own cost)
+Rates: msg/s; resources/s = the resources the messages carry (each looked up, merged and
+written unless unchanged); versions/s = new versions stored (AuditEvents not counted).
 for the kitchen-sink samples (~60 resources each) and for small ADT^A08 / SIU^S12
 messages. Each message gets a new control id and new patient/visit/appointment numbers,
 so every one creates resources rather than hitting the duplicate check.
@@ -25,6 +28,7 @@ from pathlib import Path
 
 from fhirpm.hl7v2 import parser
 from fhirpm.hl7v2.engine import Engine
+from fhirpm.storage.port import ResourceStore
 
 SMALL = [
     "MSH|^~\\&|EHR|CLINIC|FHIRPM|PRACTICE|20240102030405+0100||ADT^A08|{n}|P|2.5.1\r"
@@ -60,11 +64,24 @@ def sample_messages(data: Path, count: int) -> list[bytes]:
     return out
 
 
-def timed(label: str, count: int, seconds: float, resources: int | None = None) -> None:
-    line = f"  {label:<34} {count / seconds:9.1f} msg/s"
+def timed(label: str, count: int, seconds: float, resources: int | None = None,
+          versions: int | None = None, cpu: float | None = None) -> None:
+    line = f"  {label:<36} {count / seconds:8.1f} msg/s"
     if resources is not None:
-        line += f"  {resources / seconds:9.1f} resources/s"
+        line += f" {resources / seconds:8.1f} resources/s"
+    if versions is not None:
+        line += f" {versions / seconds:8.1f} versions/s"
+    if cpu is not None:
+        line += f" {cpu / count * 1000:6.2f} ms CPU/msg"
     print(line, flush=True)
+
+
+async def data_versions(store: ResourceStore) -> int:
+    """Versions stored, the audit trail's AuditEvents left out (they are not data)."""
+    from fhirpm.storage.port import HistoryQuery
+
+    return (await store.history_count(HistoryQuery())
+            - await store.history_count(HistoryQuery(type="AuditEvent")))
 
 
 def bench_parse(messages: list[bytes]) -> None:
@@ -107,13 +124,10 @@ def bench_map(messages: list[bytes]) -> None:
 
 async def bench_store(messages: list[bytes], label: str) -> None:
     from fhirpm.app import build_interactions
-    from fhirpm.config import Hl7Settings, Settings
-    from fhirpm.hl7v2.bridge import Bridge
-    from fhirpm.hl7v2.mllp import MllpClient
+    from fhirpm.config import Settings
     from fhirpm.repository.conditional import find_matches
     from fhirpm.repository.interactions import FhirRequest
     from fhirpm.storage.factory import store_from_settings
-    from fhirpm.storage.port import HistoryQuery
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(store_url=f"sqlite:///{tmp}/tx.db", base_url="http://b/fhir")
@@ -128,31 +142,47 @@ async def bench_store(messages: list[bytes], label: str) -> None:
             return
         engine = Engine()
         bundles = [engine.map(parser.parse(raw)).bundle() for raw in messages]
+        carried = sum(len(b["entry"]) for b in bundles)
         for bundle in bundles:  # inbound stamps the Provenance at receipt; do the same
             for entry in bundle["entry"]:
                 if entry["resource"]["resourceType"] == "Provenance":
                     entry["resource"]["recorded"] = "2024-01-01T00:00:00Z"
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for bundle in bundles:
             await ix.dispatch(FhirRequest("POST", "", settings.fhir_base, resource=bundle))
-        written = await store.history_count(HistoryQuery())
-        timed(f"tx in-process ({label})", len(bundles), time.perf_counter() - start, written)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        timed(f"tx in-process ({label})", len(bundles), seconds, carried,
+              await data_versions(store), cpu)
         await store.close()
+    for audit in (True, False):
+        await bench_mllp(messages, label, carried, audit)
 
+
+async def bench_mllp(messages: list[bytes], label: str, carried: int, audit: bool) -> None:
+    from fhirpm.app import build_interactions
+    from fhirpm.config import Hl7Settings, Settings
+    from fhirpm.hl7v2.bridge import Bridge
+    from fhirpm.hl7v2.mllp import MllpClient
+    from fhirpm.storage.factory import store_from_settings
+
+    with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(store_url=f"sqlite:///{tmp}/mllp.db", base_url="http://b/fhir")
         store = store_from_settings(settings)
         await store.open()
         ix = build_interactions(settings, store)
+        if not audit:
+            ix.observer = None
         bridge = Bridge(ix, Hl7Settings(port=0), settings.fhir_base, outbound=False)
         await bridge.start()
         try:
             async with MllpClient("127.0.0.1", bridge.server.port) as client:
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 for raw in messages:
                     await client.send(raw)
-                seconds = time.perf_counter() - start
-            written = await store.history_count(HistoryQuery())
-            timed(f"MLLP, ACK after commit ({label})", len(messages), seconds, written)
+                seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+            what = "audit on" if audit else "audit off"
+            timed(f"MLLP, ACK after commit, {what}", len(messages), seconds, carried,
+                  await data_versions(store), cpu)
         finally:
             await bridge.stop()
             await store.close()
@@ -166,7 +196,8 @@ def main() -> None:
         "FHIRPM_SHARED_DATA", str(here.parent / "shared" / "data")) + "/hl7v2")
     args = ap.parse_args()
     data = Path(args.data)
-    print(f"HL7 v2 bench, {args.messages} messages per row, cpus={os.cpu_count()}")
+    print(f"HL7 v2 bench, {args.messages} messages per row, cpus={os.cpu_count()}, "
+          f"load average {os.getloadavg()[0]:.1f}")
     if data.is_dir():
         big = sample_messages(data, args.messages)
         print(f"kitchen-sink samples (avg {sum(map(len, big)) // len(big)} bytes):")

@@ -104,7 +104,8 @@ class Committer:
                         await self.ix.dispatch(FhirRequest("PUT", ref, self.base,
                                                            resource=body, uow=unit))
             for t in targets.values():
-                await self._write(unit, t)
+                if not _unchanged(t):
+                    await self._write(unit, t)
         return [t.ref for t in targets.values()]
 
     # -- lookup -----------------------------------------------------------------------
@@ -337,6 +338,24 @@ def _is(stored: ResourceVersion, res: MappedResource) -> bool:
     return any(i.get("value") == ident.value and (ident.system is None
                                                  or i.get("system") == ident.system)
                for i in body.get("identifier") or () if isinstance(i, dict))
+
+
+def _unchanged(t: _Target) -> bool:
+    """The message changes nothing of a stored resource (a resend, a practitioner or
+    location named again): not written at all, as the Repository would store nothing
+    either; so it is no write interaction (no request, no audit record, no rule)."""
+    if t.stored is None or t.body is None:
+        return False
+    return _content(t.body) == _content(jsonio.loads(t.stored.body))
+
+
+def _content(body: dict[str, Any]) -> dict[str, Any]:
+    meta = {k: v for k, v in (body.get("meta") or {}).items()
+            if k not in ("versionId", "lastUpdated")}
+    out = {k: v for k, v in body.items() if k not in ("id", "meta")}
+    if meta:
+        out["meta"] = meta
+    return out
 
 
 def _live_body(version: ResourceVersion | None) -> dict[str, Any] | None:
