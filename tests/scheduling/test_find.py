@@ -135,3 +135,21 @@ async def test_bad_inputs_are_400s(client: httpx.AsyncClient) -> None:
                                                                     "valueDateTime": "x"}]},
                           headers=FHIR_JSON)
     assert r.status_code == 400
+
+
+async def test_find_and_book_on_mongo(mongo_client: httpx.AsyncClient) -> None:
+    """The same searches (the start-window clause included) through the MongoDB adapter."""
+    world = await practice(mongo_client)
+    await generate(mongo_client, world["schedule"]["id"], DAY, DAY)
+    doctor = f"Practitioner/{world['doctor']['id']}"
+    found = _proposals(await _find(mongo_client, practitioner=doctor, _count="3"))
+    assert [p["start"][11:16] for p in found] == ["09:00", "09:30", "10:00"]
+    pid = await patient(mongo_client)
+    r = await mongo_client.post("Appointment/$book", json={
+        "resourceType": "Parameters", "parameter": [
+            {"name": "appointment", "resource": found[0]},
+            {"name": "patient", "valueReference": {"reference": f"Patient/{pid}"}}]},
+        headers=FHIR_JSON)
+    assert r.status_code == 201, r.text
+    again = _proposals(await _find(mongo_client, practitioner=doctor, _count="1"))
+    assert again[0]["start"][11:16] == "09:30"
