@@ -204,31 +204,19 @@ async def release_expired(repo: Repository, now: datetime) -> int:
         ("status", "pending")], everything=True)
     released = 0
     for version in held:
-        if not _expired(jsonio.loads(version.body), now):
+        if not model.hold_expired(jsonio.loads(version.body), now):
             continue
         try:
             async with repo.unit(None) as unit:
                 current = await unit.current("Appointment", version.id)
                 if current is None or current.version != version.version:
                     continue  # booked or changed since the search
-                appointment = jsonio.loads(current.body)
-                appointment["status"] = "cancelled"
-                appointment["cancelationReason"] = {"coding": [{
-                    "system": model.CANCEL_REASONS, "code": "hold-expired"}],
-                    "text": "The hold expired before the appointment was booked"}
-                await repo.replace(unit, current, appointment, "PUT")
+                await repo.replace(unit, current, model.released_hold(
+                    jsonio.loads(current.body)), "PUT")
                 released += 1
         except FhirError as err:  # a booking won the race: it is no longer ours to end
             log.info("hold Appointment/%s not released: %s", version.id, err.diagnostics)
     return released
-
-
-def _expired(appointment: dict[str, Any], now: datetime) -> bool:
-    found = model.extension(appointment, model.HOLD_EXPIRES)
-    text = (found or {}).get("valueInstant")
-    if not model.is_hold(appointment) or not isinstance(text, str):
-        return False
-    return datetime.fromisoformat(text.replace("Z", "+00:00")) <= now
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -310,8 +298,8 @@ async def _times_from_slots(unit: UnitOfWork, appointment: dict[str, Any]) -> No
                             expression=("Appointment.slot",))
         slot = jsonio.loads(found.body)
         occupants = model.occupants(slot)
-        if appointment.get("id") not in occupants:
-            check_room(slot, slot_id, occupants)
+        if appointment.get("id") not in occupants and not any(occupants.values()):
+            check_room(slot, slot_id, occupants)  # with holds, the rule decides (expiry)
         starts.append(slot["start"])
         ends.append(slot["end"])
     if starts:

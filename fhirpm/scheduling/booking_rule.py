@@ -17,9 +17,10 @@ client may not edit it, nor delete or free a Slot that Appointments occupy.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from fhirpm.errors import Category, FhirError
@@ -64,7 +65,14 @@ def trusted(unit: UnitOfWork) -> UnitOfWork:
 
 
 class SlotTaking:
-    """Appointment write rule: take the Slots of an occupying Appointment, free the rest."""
+    """Appointment write rule: take the Slots of an occupying Appointment, free the rest.
+
+    A full Slot whose holds have expired is not full: those holds are released (cancelled,
+    `hold-expired`) in the same unit before it is taken, so a booking never waits for the
+    release job."""
+
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.clock = clock
 
     async def apply(self, repo: Repository, unit: UnitOfWork, change: Change) -> None:
         before, after = change.before, change.after
@@ -76,7 +84,7 @@ class SlotTaking:
         raw = trusted(unit)
         for slot_id in sorted(old | new):  # one order for every writer
             if slot_id in new:
-                await _take(repo, raw, slot_id, change.id, held)
+                await _take(repo, raw, slot_id, change.id, held, self.clock)
             else:
                 await _free(repo, raw, slot_id, change.id)
 
@@ -90,16 +98,39 @@ async def _current_slot(unit: UnitOfWork, slot_id: str) -> ResourceVersion:
 
 
 async def _take(repo: Repository, unit: UnitOfWork, slot_id: str, appointment: str,
-                held: bool) -> None:
+                held: bool, clock: Callable[[], datetime]) -> None:
     current = await _current_slot(unit, slot_id)
     slot = jsonio.loads(current.body)
     occupants = model.occupants(slot)
     if occupants.get(appointment) is held:
         return  # already taken, in the same way
+    if appointment not in occupants and len(occupants) >= model.capacity(slot) and \
+            await _release_expired(repo, unit, occupants, clock()):
+        current = await _current_slot(unit, slot_id)  # the released holds freed it
+        slot = jsonio.loads(current.body)
+        occupants = model.occupants(slot)
     if appointment not in occupants:
         check_room(slot, slot_id, occupants)
     occupants[appointment] = held
     await _store(repo, unit, current, slot, occupants)
+
+
+async def _release_expired(repo: Repository, unit: UnitOfWork, occupants: dict[str, bool],
+                           now: datetime) -> bool:
+    """Cancel the expired holds among `occupants` (their own rule run frees their Slots);
+    whether any was."""
+    released = False
+    for id_, held in sorted(occupants.items()):
+        if not held:
+            continue
+        current = await unit.current("Appointment", id_)
+        if current is None or current.deleted:
+            continue
+        appointment = jsonio.loads(current.body)
+        if model.hold_expired(appointment, now):
+            await repo.replace(unit, current, model.released_hold(appointment), "PUT")
+            released = True
+    return released
 
 
 def check_room(slot: dict[str, Any], slot_id: str, occupants: dict[str, bool]) -> None:

@@ -9,6 +9,7 @@ booking modules (and HL7 v2 mappings) can all import it.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 SD = "http://fhirpm.org/fhir/StructureDefinition/"
@@ -86,6 +87,25 @@ def is_hold(appointment: dict[str, Any] | None) -> bool:
         return False
     return any(t.get("system") == HOLD_TAG["system"] and t.get("code") == HOLD_TAG["code"]
                for t in (appointment.get("meta") or {}).get("tag") or ())
+
+
+def hold_expired(appointment: dict[str, Any], now: datetime) -> bool:
+    """A hold whose `hold-expires` is at or before `now` (aware datetime)."""
+    found = extension(appointment, HOLD_EXPIRES)
+    text = (found or {}).get("valueInstant")
+    if not is_hold(appointment) or not isinstance(text, str):
+        return False
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")) <= now
+    except ValueError:
+        return False
+
+
+def released_hold(appointment: dict[str, Any]) -> dict[str, Any]:
+    """The hold `appointment` cancelled because it expired (its Slots then go free)."""
+    return {**appointment, "status": "cancelled", "cancelationReason": {
+        "coding": [{"system": CANCEL_REASONS, "code": "hold-expired"}],
+        "text": "The hold expired before the appointment was booked"}}
 
 
 def extension(resource: dict[str, Any], url: str) -> dict[str, Any] | None:

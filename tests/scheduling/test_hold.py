@@ -187,6 +187,33 @@ async def test_the_release_job_frees_expired_holds(instant_expiry_app: FastAPI) 
         assert slot["status"] == "free"
 
 
+async def test_a_booking_releases_an_expired_hold_without_the_job(
+        instant_expiry_app: FastAPI) -> None:
+    app = instant_expiry_app
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE + "/",
+                                 headers=await staff_headers(app)) as client:
+        made = await practice(client)
+        await generate(client, made["schedule"]["id"], DAY, DAY)
+        a, b = await patient(client, "A"), await patient(client, "B")
+        proposal = (await _proposals(client, made))[0]
+        held = _stored(await _hold(client, proposal, patient=f"Patient/{a}"))
+        slot_ref = proposal["slot"][0]["reference"]
+        assert (await _slot(client, slot_ref))["status"] == "busy-tentative"
+        r = await client.post("Appointment/$book", json={
+            "resourceType": "Parameters", "parameter": [
+                {"name": "appointment", "resource": proposal},
+                {"name": "patient", "valueReference": {"reference": f"Patient/{b}"}}]},
+            headers=FHIR_JSON)
+        assert r.status_code == 201, r.text
+        winner = _stored(r)
+        expired = (await client.get(f"Appointment/{held['id']}")).json()
+        assert expired["status"] == "cancelled"
+        assert expired["cancelationReason"]["coding"][0]["code"] == "hold-expired"
+        slot = await _slot(client, slot_ref)
+        assert slot["status"] == "busy" and model.occupants(slot) == {winner["id"]: False}
+
+
 async def test_bad_hold_requests(client: httpx.AsyncClient, world: dict[str, Any]) -> None:
     pid = await patient(client)
     r = await client.post("Appointment/$hold", json={"resourceType": "Parameters"},
