@@ -10,6 +10,11 @@ throughput ratio. Prints median throughput, pooled p50/p99 latency, CPU us per r
 the medians of the per-slice ratios (target: fhirpm >= 0.6 of the floor). Last, both apps are
 called in-process without a server (bench.asgi), which shows how much of a request is the
 application's and how much the HTTP server's.
+
+fhirpm runs as deployed: authorization on (a staff bearer token on every request), the JSON
+access log at INFO (written to the server's log file) and the audit trail as configured
+(`--audit on`, the default, records an AuditEvent per read; `--audit off` measures the REST
+core alone). The in-process run uses the same settings.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -39,7 +45,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--slice", type=float, default=1.0, help="seconds per slice (1)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up each (1)")
     p.add_argument("--max-requests", type=int, default=2_000_000)
+    p.add_argument("--audit", choices=("on", "off"), default="on",
+                   help="the audit trail (an AuditEvent per read) on as deployed, or off")
     return p.parse_args(argv)
+
+
+def deployed(args: argparse.Namespace) -> dict[str, str]:
+    """fhirpm's settings as `fhirpm serve` runs by default (but for `--audit off`)."""
+    return {"FHIRPM_LOG_JSON": "true", "FHIRPM_LOG_LEVEL": "INFO",
+            "FHIRPM_AUDIT__ENABLED": "true" if args.audit == "on" else "false"}
 
 
 def main(argv: list[str]) -> int:
@@ -49,7 +63,8 @@ def main(argv: list[str]) -> int:
         db = work / "read.db"
         ids = [f"bench-{n}" for n in range(args.resources)]
         # as deployed: authorization on, every request with a staff bearer token
-        with ServerProcess.fhirpm(f"sqlite:///{db}", work / "fhirpm.log", auth=True) as fhirpm:
+        with ServerProcess.fhirpm(f"sqlite:///{db}", work / "fhirpm.log", auth=True,
+                                  env=deployed(args)) as fhirpm:
             token = fhirpm.auth_headers
             seed(fhirpm.port, data.sample_patient(), ids, token)
             port = free_port()
@@ -62,27 +77,43 @@ def main(argv: list[str]) -> int:
                     raise SystemExit("floor and fhirpm serve different bytes; not comparable")
                 ours, theirs = alternate(fhirpm, floor, ids, args)
         report(args, len(sample), ours, theirs)
-        app_alone(db, ids)
+        app_alone(db, ids, args, work / "in-process.log")
     return 0
 
 
-def app_alone(db: Path, ids: list[str]) -> None:
-    """CPU per read of each application called in-process (no HTTP server, no sockets)."""
+def app_alone(db: Path, ids: list[str], args: argparse.Namespace, log_file: Path) -> None:
+    """CPU per read of each application called in-process (no HTTP server, no sockets),
+    fhirpm with the server's settings: a bearer token, the JSON access log (to a file)."""
+    from fhirpm import logs
     from fhirpm.app import create_app
+    from fhirpm.auth.tokens import Grant
     from fhirpm.config import Settings
 
     async def measure_both() -> tuple[float, float]:
-        settings = Settings(store_url=f"sqlite:///{db}", log_level="WARNING", log_json=False,
-                            auth={"enabled": False})
+        settings = Settings(store_url=f"sqlite:///{db}", log_level="INFO", log_json=True,
+                            audit={"enabled": args.audit == "on"})
         app = create_app(settings)
         paths = [f"/fhir/Patient/{rid}" for rid in ids]
         async with app.router.lifespan_context(app):
-            ours = await asgi.cpu_per_request(app, paths)
+            grant = Grant(client_id="bench", sub="staff", scope="user/*.cruds",
+                          fhir_user="Practitioner/staff")
+            token = (await app.state.auth.tokens.issue(grant))["access_token"]
+            headers = [(b"authorization", f"Bearer {token}".encode())]
+            sent = await asgi.call(app, "GET", paths[0], headers=headers)
+            if sent[0]["status"] != 200:
+                raise SystemExit(f"in-process GET {paths[0]} answered {sent[0]['status']}")
+            ours = await asgi.cpu_per_request(app, paths, headers=headers)
         return ours, await asgi.cpu_per_request(floor_app.create_app(str(db)), paths)
 
-    logging.getLogger("fhirpm").setLevel(logging.ERROR)  # the auth-disabled warning
-    ours, floor = asyncio.run(measure_both())
-    print(f"  app alone (in-process ASGI, CPU us/req): fhirpm {ours * 1e6:,.0f}, "
+    with log_file.open("w") as sink:
+        logs.configure("INFO", json=True)
+        logging.getLogger().handlers[0].setStream(sink)
+        try:
+            ours, floor = asyncio.run(measure_both())
+        finally:
+            logging.getLogger().handlers[0].flush()
+            logs.configure("WARNING", json=False)
+    print(f"  app alone (in-process ASGI, CPU us/req, as served): fhirpm {ours * 1e6:,.0f}, "
           f"floor {floor * 1e6:,.0f}")
 
 
@@ -153,7 +184,8 @@ def report(args: argparse.Namespace, size: int, ours: list[RunResult],
                                   if a.cpu_per_request)
     print(f"## read: GET /fhir/Patient/{{id}} over HTTP, {args.resources} Patients of "
           f"{size} bytes, {args.connections} connections, {args.slices} alternating slices "
-          f"of {args.slice:g} s per server")
+          f"of {args.slice:g} s per server; audit trail {args.audit}; load average "
+          f"{os.getloadavg()[0]:.1f}")
     print(f"  {'':<24}{'req/s (median)':>15}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}")
     for name, runs in (("fhirpm", ours), ("floor (bare Starlette)", floor)):
         rate = statistics.median(r.rate for r in runs)
