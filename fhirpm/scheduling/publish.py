@@ -56,6 +56,7 @@ BOOKING_PHONE = "http://fhir-registry.smarthealthit.org/StructureDefinition/book
 FILES = ("Location", "Schedule", "Slot")
 NDJSON = "application/fhir+ndjson"
 HISTORY_PAGE = 200  # history versions read per store call
+SLOT_PAGE = 2000  # a Schedule's Slots read per search page (90 days of 20 a day: 1 page)
 SETTLE = timedelta(seconds=60)  # longer than any unit of work between stamp and commit
 _PRIVATE_ACTORS = ("Patient", "RelatedPerson", "Device")
 _SERVICE = ("serviceCategory", "serviceType", "specialty")
@@ -321,7 +322,7 @@ async def _future_slots(ix: Interactions, schedule: str,
                         now: datetime) -> AsyncIterator[dict[str, Any]]:
     params = [("schedule", f"Schedule/{schedule}"), ("start", f"ge{_instant(now)[:19]}Z")]
     found = [_slot_body(v.body) for v in
-             await lookup.search(ix.repo, "Slot", params, everything=True)]
+             await lookup.search(ix.repo, "Slot", params, count=SLOT_PAGE, everything=True)]
     # sorted here: the store's _sort=start costs more than the search itself
     found.sort(key=lambda slot: _parse_instant(slot["start"], "Slot.start"))
     for slot in found:
