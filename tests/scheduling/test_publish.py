@@ -146,6 +146,11 @@ async def test_everything_else_still_needs_a_token(client: httpx.AsyncClient,
                               headers=FHIR_JSON)).status_code == 401
     assert (await public.get(f"Schedule/{practice['schedule']['id']}/$bulk-publish")
             ).status_code == 401
+    # a public GET ignores a token, even a bad one (what it answers is the same for all)
+    r = await public.get("$bulk-publish", headers={"Authorization": "Bearer not-a-token"})
+    assert r.status_code == 200 and r.json()["output"]
+    assert (await public.get("Slot", headers={"Authorization": "Bearer not-a-token"})
+            ).status_code == 401
     # a private schedule's slot file is not served, even when asked for by id
     r = await public.get("$bulk-publish", params={"file": "Slot",
                                                    "schedule": practice["private"]["id"]})

@@ -166,6 +166,11 @@ async def test_no_show_and_cancellation(client: httpx.AsyncClient) -> None:
     bare = await _post(client, _appointment(patient, doctor, room))
     assert (await _set_status(client, bare, "cancelled")).status_code == 200
 
+    # a check-in entered in error: the Encounter goes with it
+    wrong = await _post(client, _appointment(patient, doctor, room, status="checked-in"))
+    await _set_status(client, wrong, "entered-in-error")
+    assert (await _encounter(client, wrong["id"])).json()["status"] == "entered-in-error"
+
     # a finished visit is not undone by cancelling its booking afterwards
     seen = await _post(client, _appointment(patient, doctor, room, status="arrived"))
     await _set_status(client, seen, "fulfilled")
