@@ -58,8 +58,10 @@ def main(argv: list[str]) -> int:
                 server.port, [json.dumps(b).encode() for b in shared], 1, args))
             tx = timed(server, lambda: post_all(
                 server.port, patients * args.rounds, args.bundle_connections, args))
+            # the shared bundles' types, and the audit trail's own records (append-only)
             documents = stored_documents(db, exclude=("Organization", "Practitioner",
-                                                      "PractitionerRole", "Location"))
+                                                      "PractitionerRole", "Location",
+                                                      "AuditEvent"))
             documents = documents[:per_round]
             creates = timed(server, lambda: create_all(server.port, documents, args))
         bundles = [bundle_documents(b) for b in patients]

@@ -25,6 +25,19 @@ def response_media_type(format_param: str | None, accept: str | None) -> str:
                         "(application/fhir+json)")
     if not accept:
         return FHIR_JSON
+    known = _ACCEPTED.get(accept)
+    if known is not None:
+        return known
+    media = _from_accept(accept)
+    if len(_ACCEPTED) < 256:  # clients send a handful of distinct Accept headers
+        _ACCEPTED[accept] = media
+    return media
+
+
+_ACCEPTED: dict[str, str] = {}  # Accept header -> the media type it gets (answerable ones)
+
+
+def _from_accept(accept: str) -> str:
     offered = [a.split(";")[0].strip().lower() for a in accept.split(",")]
     for media in offered:
         if media in (FHIR_JSON, "*/*", "application/*", "") or media.endswith("+json"):

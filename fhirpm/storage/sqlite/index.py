@@ -160,18 +160,48 @@ _INSERT = {
 }
 
 
+class Rows:
+    """Index rows of several resources, inserted together: one `executemany` per table for
+    a whole batch of puts rather than one per table per resource (a call costs more than
+    the few rows a resource has in each table)."""
+
+    def __init__(self) -> None:
+        self._grouped: dict[str, list[tuple]] = {}
+
+    def add(self, rid: int, type: str, entries: Sequence[IndexEntry]) -> None:
+        grouped = self._grouped
+        for entry in entries:
+            table, row = _row(rid, type, entry)
+            rows = grouped.get(table)
+            if rows is None:
+                grouped[table] = [row]
+            else:
+                rows.append(row)
+
+    def insert(self, conn: sqlite3.Connection) -> None:
+        """Insert what was added (and forget it)."""
+        grouped, self._grouped = self._grouped, {}
+        for table, rows in grouped.items():
+            conn.executemany(_INSERT[table], rows)
+
+    def __bool__(self) -> bool:
+        return bool(self._grouped)
+
+
+def delete(conn: sqlite3.Connection, rid: int) -> None:
+    """Remove every index row of resource `rid`."""
+    for table in TABLES:
+        conn.execute(f"DELETE FROM {table} WHERE rid = ?", (rid,))
+
+
 def replace(conn: sqlite3.Connection, rid: int, entries: Sequence[IndexEntry],
             had_rows: bool, type: str) -> None:
     """Replace the index rows of resource `rid` (of `type`) with `entries`."""
     if had_rows:
-        for table in TABLES:
-            conn.execute(f"DELETE FROM {table} WHERE rid = ?", (rid,))
-    grouped: dict[str, list[tuple]] = {}
-    for entry in entries:
-        table, row = _row(rid, type, entry)
-        grouped.setdefault(table, []).append(row)
-    for table, rows in grouped.items():
-        conn.executemany(_INSERT[table], rows)
+        delete(conn, rid)
+    rows = Rows()
+    rows.add(rid, type, entries)
+    rows.insert(conn)
 
 
 def reindex(conn: sqlite3.Connection, type: str, id: str, version: int,

@@ -330,8 +330,10 @@ class SqliteUnitOfWork:
                 if not self._begun:
                     c.execute("BEGIN IMMEDIATE")
                     self._begun = True
+                rows = index.Rows()  # the batch's index rows go in together
                 for args in pending:
-                    _put(c, *args)
+                    _put(c, *args, rows=rows)
+                rows.insert(c)
             except BaseException as exc:
                 self._failed = exc
                 raise
@@ -409,7 +411,10 @@ def _current(c: sqlite3.Connection, type: str, id: str) -> ResourceVersion | Non
 
 
 def _put(c: sqlite3.Connection, v: ResourceVersion, entries: Sequence[IndexEntry],
-         expected_version: int, unique_keys: Sequence[str]) -> None:
+         expected_version: int, unique_keys: Sequence[str],
+         rows: index.Rows | None = None) -> None:
+    """Write one version. `rows`: collect its index rows there (the caller inserts them
+    with the rest of its batch) instead of inserting them now."""
     current = c.execute("SELECT rid, version, deleted FROM resources WHERE type = ? AND id = ?",
                         (v.type, v.id)).fetchone()
     if (current[1] if current else 0) != expected_version:
@@ -434,10 +439,18 @@ def _put(c: sqlite3.Connection, v: ResourceVersion, entries: Sequence[IndexEntry
     else:
         rid = c.execute("INSERT INTO resources (type, id, version, seq, deleted) "
                         "VALUES (?,?,?,?,?)", (v.type, v.id, v.version, seq, deleted)).lastrowid
-    index.replace(c, rid, () if v.deleted else entries, had_rows=current is not None,
-                  type=v.type)
-    c.executemany("INSERT INTO unique_keys VALUES (?,?,?)",
-                  [(key, v.type, v.id) for key in unique_keys])
+    entries = () if v.deleted else entries
+    if rows is None:
+        index.replace(c, rid, entries, had_rows=current is not None, type=v.type)
+    else:
+        if current is not None:
+            if rows:  # this batch may hold rows of this very resource: in before deleting
+                rows.insert(c)
+            index.delete(c, rid)
+        rows.add(rid, v.type, entries)
+    if unique_keys:
+        c.executemany("INSERT INTO unique_keys VALUES (?,?,?)",
+                      [(key, v.type, v.id) for key in unique_keys])
 
 
 def _history_sql(q: HistoryQuery, select: str) -> tuple[str, list[Any]]:
