@@ -16,7 +16,6 @@ Pure: no store; the caller assigns seq inside the store's transaction.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import hmac
 from collections.abc import Iterable
@@ -69,7 +68,7 @@ def digest(event: dict[str, Any], seq: int, previous: str, key: bytes | None = N
 def seal(event: dict[str, Any], after: Anchor, key: bytes | None = None) -> dict[str, Any]:
     """A copy of `event` sealed as the event following `after`."""
     seq = after.seq + 1
-    sealed = copy.deepcopy(event)
+    sealed = dict(event)  # shallow: nothing nested is changed (a deep copy cost ~0.5 ms)
     others = [e for e in sealed.get("extension", ()) if e.get("url") != CHAIN_URL]
     link = {"url": CHAIN_URL, "extension": [
         {"url": "seq", "valueString": str(seq)},

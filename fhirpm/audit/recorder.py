@@ -35,8 +35,8 @@ from fhirpm.audit import events as ev
 from fhirpm.audit.batch import GroupCommit
 from fhirpm.audit.patients import patient_params, patients_of
 from fhirpm.audit.trail import TYPE, Trail
+from fhirpm.audit.trail import instant as now_instant
 from fhirpm.errors import Category, FhirError
-from fhirpm.repository.service import now_instant
 
 if TYPE_CHECKING:
     from fhirpm.repository.interactions import FhirRequest, FhirResponse, Interactions

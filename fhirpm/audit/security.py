@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from fhirpm.audit import events as ev
-from fhirpm.repository.service import now_instant
+from fhirpm.audit.trail import instant as now_instant
 
 if TYPE_CHECKING:
     from fhirpm.audit.recorder import Recorder

@@ -22,12 +22,14 @@ import contextlib
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from fhirpm.audit import chain
 from fhirpm.audit.chain import Anchor
+from fhirpm.audit.index import AuditIndexer
 from fhirpm.fhir import jsonio
 from fhirpm.search.extract import Indexer
 from fhirpm.storage.port import ResourceStore, ResourceVersion, UnitOfWork
@@ -36,6 +38,11 @@ TYPE = "AuditEvent"
 DOCS = "audit"  # store Documents: the retention checkpoint
 CHECKPOINT = "checkpoint"
 _PREFIX = "ae-"
+
+
+def instant() -> str:
+    """Now as a fixed-width FHIR instant (the repository's format; strftime costs more)."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def event_id(seq: int) -> str:
@@ -62,14 +69,13 @@ class Trail:
                  key: bytes | None = None, now: Any = None) -> None:
         self.store = store
         self.indexer = indexer
+        self._index = AuditIndexer(indexer)
         self.key = key
         self._hint: Anchor | None = None  # a committed event (or the checkpoint): a lower bound
         # the head each live unit has written up to: later events of the same unit follow it
         # without a look-up (the unit holds the chain's next positions until it ends)
         self._units: weakref.WeakKeyDictionary[Any, Anchor] = weakref.WeakKeyDictionary()
-        if now is None:
-            from fhirpm.repository.service import now_instant as now
-        self._now = now
+        self._now = now or instant
 
     # -- writing ------------------------------------------------------------------------
 
@@ -86,9 +92,8 @@ class Trail:
         for event in events:
             sealed = chain.seal(event, head, self.key)
             head = Anchor(head.seq + 1, chain.link_of(sealed).hash)  # type: ignore[union-attr]
-            version = self._version(head.seq, sealed)
-            entries = self.indexer.extract(TYPE, jsonio.loads(version.body))
-            await unit.put(version, entries, expected_version=0)
+            version, body = self._version(head.seq, sealed)
+            await unit.put(version, self._index.extract(body), expected_version=0)
             stored.append(version)
         with contextlib.suppress(TypeError):  # not weakly referable: look up every time
             self._units[unit] = head
@@ -100,12 +105,13 @@ class Trail:
         if head is not None and (self._hint is None or head.seq > self._hint.seq):
             self._hint = head
 
-    def _version(self, seq: int, sealed: dict[str, Any]) -> ResourceVersion:
+    def _version(self, seq: int, sealed: dict[str, Any]
+                 ) -> tuple[ResourceVersion, dict[str, Any]]:
         stamp = self._now()
         body = {"resourceType": TYPE, "id": event_id(seq),
                 "meta": {"versionId": "1", "lastUpdated": stamp},
                 **{k: v for k, v in sealed.items() if k not in ("resourceType", "id", "meta")}}
-        return ResourceVersion(TYPE, event_id(seq), 1, stamp, "POST", jsonio.dumps(body))
+        return ResourceVersion(TYPE, event_id(seq), 1, stamp, "POST", jsonio.dumps(body)), body
 
     async def _head_in(self, unit: UnitOfWork) -> Anchor:
         """The chain's head as `unit` sees it: found from committed data (cheap, outside the
