@@ -93,16 +93,17 @@ class Committer:
                 if t.res.identity is None and t.res.type == "Provenance":
                     t.body["recorded"] = now_instant()  # created anew: when we received it
             await self._links(unit, mapped.links, targets)
+            by_ref = {t.ref: t for t in targets.values()}
             for old, new, referrers in moved:
-                for t in targets.values():
-                    _move_references(t.body, old, new)
                 for version in referrers:
                     ref = f"{version.type}/{version.id}"
-                    if ref not in urls.values():
-                        body = jsonio.loads(version.body)
-                        _move_references(body, old, new)
-                        await self.ix.dispatch(FhirRequest("PUT", ref, self.base,
-                                                           resource=body, uow=unit))
+                    if ref in by_ref:  # the message writes it anyway: move it there
+                        _move_references(by_ref[ref].body, old, new)
+                        continue
+                    body = jsonio.loads(version.body)
+                    _move_references(body, old, new)
+                    await self.ix.dispatch(FhirRequest("PUT", ref, self.base,
+                                                       resource=body, uow=unit))
             for t in targets.values():
                 if not _unchanged(t):
                     await self._write(unit, t)

@@ -190,7 +190,8 @@ async def test_a40_links_patients_and_moves_references(inbound: Inbound,
     assert gone["active"] is False
     assert gone["link"] == [{"other": {"reference": f"Patient/{survivor['id']}"},
                              "type": "replaced-by"}]
-    assert survivor["link"][0]["type"] == "replaces"
+    assert survivor["link"] == [{"other": {"reference": f"Patient/{gone['id']}"},
+                                 "type": "replaces"}]
     (encounter,) = await search(ix, "Encounter", identifier="V100")
     assert encounter["subject"]["reference"] == f"Patient/{survivor['id']}"
 
