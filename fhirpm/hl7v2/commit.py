@@ -87,6 +87,7 @@ class Committer:
             targets = {r.key: _Target(r, found[r.key], _target_id(r, found[r.key]))
                        for r in mapped.resources}
             moved = await self._merge_patients(unit, mapped, targets)
+            _check_once(targets)
             urls = {t.res.full_url: t.ref for t in targets.values()}
             for t in targets.values():
                 t.body = _resolved(merge(_live_body(t.stored), t.res), urls)
@@ -125,8 +126,9 @@ class Committer:
             for n in range(0, len(group), LOOKUP_CHUNK):
                 chunk = group[n:n + LOOKUP_CHUNK]
                 result = await unit.search(_identity_query(type_, kind, chunk))
+                bodies = [(v, jsonio.loads(v.body)) for v in result.matches]
                 for res in chunk:
-                    hits = [v for v in result.matches if _is(v, res)]
+                    hits = [v for v, body in bodies if _is(v, body, res)]
                     if len(hits) > 1:
                         raise V2Error(Category.MULTIPLE_MATCHES, f"{res.identity.url} "
                                       f"matches {len(hits)} resources", hl7_code="205",
@@ -327,15 +329,28 @@ def _target_id(res: MappedResource, stored: ResourceVersion | None) -> str:
     return new_id()
 
 
-def _is(stored: ResourceVersion, res: MappedResource) -> bool:
-    """Whether a stored resource is the one `res` identifies (its id, or an identifier
-    with the same system and value)."""
+def _check_once(targets: dict[str, _Target]) -> None:
+    """Two parts of one message that turn out to be the same stored resource (say, two
+    identifiers of one practitioner) would overwrite each other: refused, as a transaction
+    touching a resource twice is."""
+    seen: dict[str, _Target] = {}
+    for t in targets.values():
+        first = seen.setdefault(t.ref, t)
+        if first is not t:
+            raise V2Error(Category.BUSINESS_RULE, f"{t.ref} is identified twice in the "
+                          f"message ({first.res.origin[0] or first.res.key} and "
+                          f"{t.res.origin[0] or t.res.key})", hl7_code="205",
+                          segment=t.res.origin[0], sequence=t.res.origin[1])
+
+
+def _is(stored: ResourceVersion, body: dict[str, Any], res: MappedResource) -> bool:
+    """Whether a stored resource (`body` its parsed content) is the one `res` identifies
+    (its id, or an identifier with the same system and value)."""
     ident = res.identity
     if ident is None:
         return False
     if ident.id is not None:
         return stored.id == ident.id
-    body = jsonio.loads(stored.body)
     return any(i.get("value") == ident.value and (ident.system is None
                                                  or i.get("system") == ident.system)
                for i in body.get("identifier") or () if isinstance(i, dict))

@@ -78,3 +78,12 @@ async def test_a_put_based_on_the_units_own_search_is_still_version_checked(
                                     "PUT", body)
             await unit.put(stale, [], expected_version=1)  # the unit already wrote 2
     assert (await store.read("Patient", "p1")).version == 1  # nothing of the unit stayed
+
+
+async def test_a40_naming_one_patient_twice_is_refused(inbound: Inbound) -> None:
+    assert ack.read((await inbound.receive(adt("A04", "S1").encode())).acks[0]).code == "AA"
+    merge = ("MSH|^~\\&|EHR|CLINIC|F|P|20240101||ADT^A40|S2|P|2.5.1\rEVN|A40\r"
+             "PID|1||MRN1^^^PRACTICE^MR||Doe^Jane\rMRG|MRN1^^^PRACTICE^MR\r")
+    outcome = await inbound.receive(merge.encode())
+    assert ack.read(outcome.acks[0]).code == "AE"
+    assert "same patient" in outcome.message.error
