@@ -21,8 +21,10 @@ API (405): only this module appends them (`trail.Trail`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -37,6 +39,7 @@ from fhirpm.audit.patients import patient_params, patients_of
 from fhirpm.audit.trail import TYPE, Trail
 from fhirpm.audit.trail import instant as now_instant
 from fhirpm.errors import Category, FhirError
+from fhirpm.storage.port import StoreError, VersionConflict
 
 if TYPE_CHECKING:
     from fhirpm.repository.interactions import FhirRequest, FhirResponse, Interactions
@@ -108,9 +111,17 @@ class Recorder:
     # -- storing -------------------------------------------------------------------------
 
     async def _store_group(self, events: list[dict[str, Any]]) -> None:
-        async with self.trail.store.unit_of_work() as unit:
-            await self.trail.append(unit, events)
-        self.trail.committed(unit)
+        for attempt in range(_ATTEMPTS):
+            try:
+                async with self.trail.store.unit_of_work() as unit:
+                    await self.trail.append(unit, events)
+            except VersionConflict:  # another node took the chain's next position first
+                if attempt == _ATTEMPTS - 1:
+                    raise
+                await _backoff(attempt)
+                continue
+            self.trail.committed(unit)
+            return
 
     async def record(self, events: list[dict[str, Any]]) -> None:
         """Store `events` now (group commit) and wait; fail-closed raises 503 when they
@@ -198,11 +209,27 @@ class Recorder:
             response = await inner(req)
             await self._append_write(ix, req.uow, req, parts, interaction, scope, response)
             return response, []
-        async with ix.repo.unit(None) as unit:
-            response = await inner(replace(req, uow=unit))
-            await self._append_write(ix, unit, req, parts, interaction, scope, response)
-        self.trail.committed(unit)
-        return response, []
+        for attempt in range(_ATTEMPTS):
+            try:  # the unit Repository.unit(None) would open, and its error mapping
+                async with ix.repo.store.unit_of_work() as unit:
+                    response = await inner(replace(req, uow=unit))
+                    await self._append_write(ix, unit, req, parts, interaction, scope,
+                                             response)
+            except VersionConflict as exc:
+                # Lost a race for the chain's next position (MongoDB: another node's unit
+                # took it) or at commit: nothing was applied, so the request runs again, as
+                # a client told 409 would retry it. Refusals a handler raised are FhirErrors.
+                if attempt == _ATTEMPTS - 1:
+                    raise FhirError(Category.CONFLICT,
+                                    f"Concurrent write, try again: {exc}") from None
+                scope.touched.clear()
+                await _backoff(attempt)
+                continue
+            except StoreError as exc:
+                raise FhirError(Category.UNAVAILABLE, f"The store failed: {exc}") from None
+            self.trail.committed(unit)
+            return response, []
+        raise AssertionError("unreachable")
 
     async def _append_write(self, ix: Interactions, unit: Any, req: FhirRequest,
                             parts: list[str], interaction: str, scope: _Scope,
@@ -332,6 +359,13 @@ class Recorder:
                 found.extend(self._patients_of(resource["resourceType"],
                                                str(resource.get("id", "")), resource))
         return found
+
+
+_ATTEMPTS = 5
+
+
+async def _backoff(attempt: int) -> None:
+    await asyncio.sleep(random.uniform(0, 0.005 * 2 ** attempt))
 
 
 def _interaction(method: str, parts: list[str]) -> str | None:
