@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import tempfile
 import time
@@ -39,6 +40,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--create-connections", type=int, default=8, help="creates in flight (8)")
     p.add_argument("--creates", type=int, default=3000, help="at most this many creates")
     p.add_argument("--duration", type=float, default=30.0, help="bound per phase, s (30)")
+    p.add_argument("--audit", choices=("on", "off"), default="on",
+                   help="the audit trail (AuditEvents for every write) on as deployed, or off")
     return p.parse_args(argv)
 
 
@@ -53,7 +56,8 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="fhirpm-bench-ingest-") as tmp:
         work = Path(tmp)
         db = work / "ingest.db"
-        with ServerProcess.fhirpm(f"sqlite:///{db}", work / "fhirpm.log") as server:
+        audit = {"FHIRPM_AUDIT__ENABLED": "true" if args.audit == "on" else "false"}
+        with ServerProcess.fhirpm(f"sqlite:///{db}", work / "fhirpm.log", env=audit) as server:
             batch = timed(server, lambda: post_all(
                 server.port, [json.dumps(b).encode() for b in shared], 1, args))
             tx = timed(server, lambda: post_all(
@@ -188,7 +192,8 @@ def report(args: argparse.Namespace, batch: RunResult, batch_resources: int, tx:
     tx_rate = tx_resources / tx.seconds
     create_rate = creates.rate
     print(f"## ingest: Synthea over HTTP ({tx.requests // args.rounds} patient bundles x "
-          f"{args.rounds} rounds, {args.bundle_connections} in flight)")
+          f"{args.rounds} rounds, {args.bundle_connections} in flight); audit trail "
+          f"{args.audit}; load average {os.getloadavg()[0]:.1f}")
     print(f"  {'':<34}{'resources/s':>12}{'floor':>9}{'ratio':>7}{'server CPU us/res':>19}")
     rows = (("batch (conditional creates)", batch_resources / batch.seconds, None,
              batch.server_cpu / batch_resources),
