@@ -53,6 +53,9 @@ class Inbound:
         self.engine = engine or Engine(MappingSet.load(*_mapping_dirs(settings)))
         self.log = MessageLog(interactions.repo.store, dedup_days=settings.dedup_days)
         self.committer = Committer(interactions, base)
+        # (MSH-3, MSH-4, MSH-10) being processed here: a copy arriving meanwhile on another
+        # connection is told to resend later, not processed beside it
+        self._in_flight: set[tuple[str, str, str]] = set()
 
     # -- the pipeline ---------------------------------------------------------------------
 
@@ -71,14 +74,18 @@ class Inbound:
             log.info("hl7 duplicate answered from the log",
                      extra={"control_id": h.control_id, "sender": h.sending_application})
             return Outcome(previous.acks, previous, duplicate=True)
+        key = (h.sending_application, h.sending_facility, h.control_id)
+        if h.control_id and key in self._in_flight:
+            return Outcome([self._ack(h, "AE", _busy())])  # its first copy is still running
         try:
             record = previous or await self.log.create(raw, h, peer)
         except VersionConflict:  # the same message arrived twice at once on two connections
-            err = V2Error(Category.CONFLICT, "A message with this control id is being "
-                          "processed; resend later", hl7_code="205", segment="MSH",
-                          sequence=1, position=10)
-            return Outcome([self._ack(h, "AE", err)])
-        return await self.process(record, msg, early)
+            return Outcome([self._ack(h, "AE", _busy())])
+        self._in_flight.add(key)
+        try:
+            return await self.process(record, msg, early)
+        finally:
+            self._in_flight.discard(key)
 
     async def process(self, record: LoggedMessage, msg: Message,
                       early: Early | None = None) -> Outcome:
@@ -155,6 +162,11 @@ class Inbound:
             await self.log.save(record)
             return Outcome(record.acks, record)
         return await self.process(record, msg)
+
+
+def _busy() -> V2Error:
+    return V2Error(Category.CONFLICT, "A message with this control id is being processed; "
+                   "resend later", hl7_code="205", segment="MSH", sequence=1, position=10)
 
 
 def _as_v2(err: FhirError) -> V2Error:

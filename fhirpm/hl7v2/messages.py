@@ -94,8 +94,12 @@ class MessageLog:
         msg.rev = await self.store.doc_put(MESSAGES, msg.id, msg.to_json(), expected_rev=0)
         key = msg.dedup_key
         if key is not None:
-            await self.store.doc_put(DEDUP, key, msg.id.encode(), expected_rev=0,
-                                     expires_at=int(time.time()) + self.dedup_seconds)
+            try:
+                await self.store.doc_put(DEDUP, key, msg.id.encode(), expected_rev=0,
+                                         expires_at=int(time.time()) + self.dedup_seconds)
+            except VersionConflict:  # another copy claimed it: this record is nobody's
+                await self.store.doc_delete(MESSAGES, msg.id)
+                raise
         return msg
 
     async def duplicate_of(self, header: Header) -> LoggedMessage | None:

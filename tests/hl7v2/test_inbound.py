@@ -221,3 +221,32 @@ async def test_mangled_input_always_gets_an_ack(inbound: Inbound) -> None:
         assert outcome.acks or outcome.message.status in ("processed", "error", "rejected")
         for reply in outcome.acks:
             assert ack.read(reply).code in ("AA", "AE", "AR", "CA", "CE", "CR")
+
+
+@needs_conditional
+async def test_the_same_message_twice_at_once_is_processed_once(inbound: Inbound,
+                                                                ix: Interactions) -> None:
+    import asyncio
+
+    raw = adt("A04", "TWICE").encode()
+    first, second = await asyncio.gather(inbound.receive(raw), inbound.receive(raw))
+    assert sorted([code(first.acks), code(second.acks)]) == [["AA"], ["AE"]]
+    busy = first if code(first.acks) == ["AE"] else second
+    assert "being processed" in ack.read(busy.acks[0]).error
+    again = await inbound.receive(raw)  # after: answered from the log
+    assert again.duplicate and code(again.acks) == ["AA"]
+    assert len(await inbound.log.list(sender="EHR")) == 1
+
+
+@needs_conditional
+async def test_a_copy_arriving_while_the_first_is_processed_is_told_to_resend(
+        inbound: Inbound) -> None:
+    raw = adt("A04", "MID", msh15_16=("AL", "AL")).encode()
+    during: list[list[str]] = []
+
+    async def accept_sent(text: str) -> None:  # the first copy is logged, not yet processed
+        during.append(code((await inbound.receive(raw)).acks))
+
+    first = await inbound.receive(raw, early=accept_sent)
+    assert code(first.acks) == ["AA"] and during == [["AE"]]
+    assert len(await inbound.log.list(sender="EHR")) == 1
