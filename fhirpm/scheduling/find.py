@@ -30,7 +30,6 @@ from fhirpm.repository.interactions import FhirRequest, FhirResponse, Interactio
 from fhirpm.repository.service import now_instant
 from fhirpm.scheduling import lookup, model
 from fhirpm.scheduling.params import Inputs
-from fhirpm.search.query import DatePred, Param
 
 if TYPE_CHECKING:
     from fhirpm.config import SchedulingSettings
@@ -39,10 +38,6 @@ if TYPE_CHECKING:
 
 DEFINITION = "http://fhirpm.org/fhir/OperationDefinition/Appointment-find"
 MAX_WINDOW = timedelta(days=366)
-# The longest piece of the window one Slot search covers when many Schedules qualify: the
-# store's planner materialises a driver of up to 2,000 index rows (sqlite PROBE_CAP), and
-# half a day holds that many Slots for ~95 practitioners at 20-minute slots.
-BROAD_PIECE = timedelta(hours=12)
 
 
 class Find:
@@ -70,8 +65,9 @@ class Find:
         if schedules is None or schedules:
             params = slot_params(inputs, None if schedules is None else sorted(schedules))
             want = limit if duration is None else min(limit * 4, 1000)
-            slots = await free_slots(ix.repo, params, start, end, want,
-                                     narrow=schedules is not None and len(schedules) <= 2)
+            whole = schedules is not None and await lookup.few(
+                ix.repo, "Slot", [("schedule", ",".join(f"Schedule/{s}" for s in schedules))])
+            slots = await free_slots(ix.repo, params, start, end, want, whole=whole)
         proposals = await propose(ix.repo, [jsonio.loads(s.body) for s in slots], duration,
                                   patient, limit, schedules or {})
         entries = [{"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": p,
@@ -151,33 +147,22 @@ async def candidate_schedules(repo: Repository, inputs: Inputs
 
 
 async def free_slots(repo: Repository, params: list[tuple[str, str]], start: datetime,
-                     end: datetime, want: int, *, narrow: bool = False
+                     end: datetime, want: int, *, whole: bool = False
                      ) -> list[ResourceVersion]:
     """The first `want` Slots matching `params` that start in [start, end), by start.
 
-    The window is searched in pieces, each one bounded range on the start index: the
-    store's planner materialises a small driver and tests the rest per row, so a broad
-    $find ("any doctor, this month") reads half a day of index rows at a time until it has
-    enough, never the whole horizon. `narrow` (a few Schedules, whose own Slots are a
-    small driver): pieces start at a day and grow with what they yield."""
+    The window is searched in pieces (`lookup.PIECE`), each one bounded range on the
+    start index: the store's planner materialises that small driver and tests the rest
+    per row, so a $find ("any doctor, this month") reads a day of index rows at a time
+    until it has enough, never the whole horizon or a Schedule's whole history. `whole`:
+    the Schedules' own Slots are few (a driver on their own): one search does."""
     found: list[ResourceVersion] = []
-    span = timedelta(days=1) if narrow else BROAD_PIECE
     while start < end and len(found) < want:
-        piece_end = min(start + span, end)
-        got = await lookup.search(repo, "Slot", params, count=want - len(found),
-                                  extra=(_starts_within(start, piece_end),))
-        found += got
+        piece_end = end if whole else min(start + lookup.PIECE, end)
+        found += await lookup.search(repo, "Slot", params, count=want - len(found),
+                                     extra=(lookup.starts_within(start, piece_end),))
         start = piece_end
-        if narrow:  # grow by the yield: a sparse calendar skips ahead in one step
-            span *= max(2, -(-(want - len(found)) // max(len(got), 1)))
     return found
-
-
-def _starts_within(start: datetime, end: datetime) -> Param:
-    """Slot.start in [start, end): one `eq` range (inclusive epoch microseconds)."""
-    lo = int(start.timestamp() * 1_000_000)
-    hi = int(end.timestamp() * 1_000_000) - 1
-    return Param("start", "date", (DatePred("eq", lo, hi),))
 
 
 def slot_params(inputs: Inputs, schedules: list[str] | None) -> list[tuple[str, str]]:

@@ -39,6 +39,7 @@ DEFINITION = "http://fhirpm.org/fhir/OperationDefinition/Schedule-generate-slots
 JOB = "scheduling.generate-slots"
 BATCH = 200  # writes per unit of work
 MAX_DAYS = 400  # most days one call may generate
+GROUP = 10  # Schedules whose existing Slots one search reads (generate_all)
 
 
 @dataclass
@@ -135,8 +136,10 @@ def _occupied(slot: dict[str, Any]) -> bool:
 
 
 async def generate(repo: Repository, schedule_id: str, first: date, last: date,
-                   settings: SchedulingSettings) -> Counts:
-    """Make Schedule/`schedule_id`'s Slots on local days first..last match its template."""
+                   settings: SchedulingSettings,
+                   found: dict[str, dict[str, Any]] | None = None) -> Counts:
+    """Make Schedule/`schedule_id`'s Slots on local days first..last match its template.
+    `found`: its Slots around those days by id, already searched (generate_all)."""
     schedule = jsonio.loads((await repo.read("Schedule", schedule_id)).body)
     actors, locations = await _resolve(repo, schedule)
     tpl = availability.template(schedule, actors, locations, default_zone=settings.timezone,
@@ -145,10 +148,10 @@ async def generate(repo: Repository, schedule_id: str, first: date, last: date,
     desired = {s["id"]: s for s in (build_slot(schedule, a, b, tpl.zone) for a, b in times)}
     lo = availability.local(first, time(0), tpl.zone)
     hi = availability.local(last + timedelta(days=1), time(0), tpl.zone)
-    existing = await lookup.search(repo, "Slot", [
-        ("schedule", f"Schedule/{schedule_id}"), ("start", f"ge{lo.isoformat()}"),
-        ("start", f"lt{hi.isoformat()}")], everything=True)
-    bodies = {v.id: jsonio.loads(v.body) for v in existing}
+    if found is None:
+        found = {v.id: jsonio.loads(v.body) for v in await lookup.slots_starting(
+            repo, [("schedule", f"Schedule/{schedule_id}")], lo, hi)}
+    bodies = {i: body for i, body in found.items() if lo <= _starts(body) < hi}
     stale = [i for i, body in bodies.items() if i not in desired and _generated(body)]
     same = {i for i, body in bodies.items() if i in desired and _same(body, desired[i])}
     busy = {i for i, body in bodies.items() if _occupied(body)}  # never rewritten
@@ -185,15 +188,34 @@ async def _apply(repo: Repository, unit: UnitOfWork, id_: str, slot: dict[str, A
 
 async def generate_all(repo: Repository, first: date, last: date,
                        settings: SchedulingSettings) -> Counts:
-    """Every Schedule (inactive ones lose their free generated Slots)."""
+    """Every Schedule (inactive ones lose their free generated Slots). Their existing Slots
+    are searched GROUP Schedules at a time, one search per piece of the days for the group
+    (a day wider on each side: zones differ), not one per piece per Schedule."""
     total = Counts()
-    for version in await lookup.search(repo, "Schedule", [], everything=True):
-        try:
-            total.add(await generate(repo, version.id, first, last, settings))
-        except FhirError as err:  # one broken template must not stop the others
-            log.warning("slots of Schedule/%s not generated: %s", version.id,
-                        err.diagnostics, extra={"schedule": version.id})
+    ids = [v.id for v in await lookup.search(repo, "Schedule", [], everything=True)]
+    lo = datetime.combine(first - timedelta(days=1), time(0), UTC)
+    hi = datetime.combine(last + timedelta(days=2), time(0), UTC)
+    for n in range(0, len(ids), GROUP):
+        group = ids[n:n + GROUP]
+        refs = ",".join(f"Schedule/{i}" for i in group)
+        by_schedule: dict[str, dict[str, dict[str, Any]]] = {i: {} for i in group}
+        for version in await lookup.slots_starting(repo, [("schedule", refs)], lo, hi):
+            body = jsonio.loads(version.body)
+            owner = model.local_id(body["schedule"].get("reference"), "Schedule")
+            by_schedule.setdefault(owner or "", {})[version.id] = body
+        for schedule_id in group:
+            try:
+                total.add(await generate(repo, schedule_id, first, last, settings,
+                                         by_schedule[schedule_id]))
+            except FhirError as err:  # one broken template must not stop the others
+                log.warning("slots of Schedule/%s not generated: %s", schedule_id,
+                            err.diagnostics, extra={"schedule": schedule_id})
     return total
+
+
+def _starts(slot: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(str(slot.get("start", "1900-01-01T00:00:00+00:00"))
+                                  .replace("Z", "+00:00"))
 
 
 def default_range(settings: SchedulingSettings, today: date) -> tuple[date, date]:
