@@ -10,9 +10,10 @@ covered), `patient` (Patient/x, named in each proposal; a patient token's own by
 
 The answer is a searchset Bundle of Appointments with status `proposed`, not stored, each
 referencing its Slot(s) and the Schedule's actors: pass one to `$hold` or `$book`. Every
-lookup is an indexed search through the repository (a few Schedule searches, then one Slot
-search on schedule + status + start, sorted by start); a proposal never names any patient
-but the one asked for, so a patient sees free time, never another patient's booking.
+lookup is an indexed search through the repository (a few Schedule searches, then Slot
+searches on schedule + status + start, sorted by start, a day of the window at a time:
+`free_slots`); a proposal never names any patient but the one asked for, so a patient
+sees free time, never another patient's booking.
 """
 
 from __future__ import annotations
