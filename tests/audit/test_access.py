@@ -32,6 +32,9 @@ async def test_search_by_patient_agent_date_entity_action(
 
     r = await staff.get("AuditEvent", params={"patient": "Patient/p1", "_count": "100"})
     assert set(ids(r.json())) == about_p1
+    r = await staff.get("AuditEvent", params={"patient": "Patient/p1", "_sort": "-date"})
+    recorded = [e["resource"]["recorded"] for e in r.json()["entry"]]
+    assert len(recorded) >= 2 and recorded == sorted(recorded, reverse=True)
     r = await staff.get("AuditEvent", params={"entity": "Patient/p2/_history/1"})
     assert len(ids(r.json())) == 2
     r = await staff.get("AuditEvent", params={"agent": "Practitioner/staff", "_count": "100"})
