@@ -14,6 +14,10 @@ Where an event is stored:
   entries and of requests nested in another (deferred) are committed together when the
   outermost request ends; a failed write's event goes there too, since its unit rolled back.
 
+A caller that holds a unit of work and dispatches a request must pass that unit
+(`FhirRequest.uow`): a request without one waits for its group commit, which on SQLite
+needs the write lock the caller holds.
+
 Fail-closed (`fail_closed`, the default): a request whose events cannot be stored fails with
 503 instead of answering unrecorded. AuditEvents themselves cannot be written through the
 API (405): only this module appends them (`trail.Trail`).
@@ -84,6 +88,7 @@ class _Scope:
     nested: bool  # nested requests are recorded on their own (bundle entries, operations)
     deferred: list[dict[str, Any]] = field(default_factory=list)  # stored when it ends
     touched: list[str] = field(default_factory=list)  # resources its folded sub-requests hit
+    ended: bool = False  # a task it spawned may outlive it: then it is nobody's scope
 
 
 _scope: ContextVar[_Scope | None] = ContextVar("fhirpm_audit_scope", default=None)
@@ -160,6 +165,8 @@ class Recorder:
 
     async def dispatch(self, ix: Interactions, req: FhirRequest, inner: Inner) -> FhirResponse:
         outer = _scope.get()
+        if outer is not None and outer.ended:
+            outer = None
         if outer is not None and not outer.nested:  # a handler's own sub-request: folded in
             response = await inner(req)
             if response.version is not None:
@@ -185,13 +192,16 @@ class Recorder:
                                                                status, text))
         finally:
             _scope.reset(token)
-        if failure is None:
-            await self._store(req, outer, scope, pending, failed=False)
-            return response
-        # not recorded (logged): the request failed anyway and answers with its own error
-        with contextlib.suppress(FhirError):
-            await self._store(req, outer, scope, pending, failed=True)
-        raise failure
+        try:
+            if failure is None:
+                await self._store(req, outer, scope, pending, failed=False)
+                return response
+            # not recorded (logged): the request failed anyway and answers its own error
+            with contextlib.suppress(FhirError):
+                await self._store(req, outer, scope, pending, failed=True)
+            raise failure
+        finally:
+            scope.ended = True
 
     async def _run(self, ix: Interactions, req: FhirRequest, parts: list[str],
                    interaction: str, scope: _Scope, inner: Inner
