@@ -4,14 +4,18 @@ container; docs/deploy.md says how to."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
-DOCKER = Path(__file__).resolve().parents[2] / "docker"
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
 
 
 def compose_command() -> list[str]:
@@ -71,3 +75,29 @@ def test_dockerfile_is_multi_stage_non_root_with_a_healthcheck() -> None:
     assert "/readyz" in text
     ignore = (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
     assert "*" in ignore and {"!pyproject.toml", "!fhirpm/"} <= set(ignore)  # small context
+
+
+def test_the_wheel_the_image_installs_carries_the_hl7_mappings(tmp_path: Path) -> None:
+    """The image runs `pip install .` (a wheel, not the checkout): the top-level mappings/
+    must be inside it, and the installed engine must load them from there."""
+    pytest.importorskip("hatchling", reason="the build backend (a test extra) is needed")
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "-w",
+                            str(tmp_path), "--no-deps", "--no-build-isolation", "-q"],
+                           capture_output=True, text=True, check=False, timeout=120)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("fhirpm-*.whl")
+    sources = {f"fhirpm/mappings/{p.relative_to(ROOT / 'mappings').as_posix()}"
+               for p in (ROOT / "mappings").rglob("*.yaml")}
+    assert len(sources) > 10
+    with zipfile.ZipFile(wheel) as archive:
+        assert sources <= set(archive.namelist())
+        archive.extractall(tmp_path / "site")
+    probe = ("from fhirpm.hl7v2.engine import MappingSet, default_mappings_dir as d; "
+             "print(d()); print(len(MappingSet.load().messages))")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=False, timeout=60, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert run.returncode == 0, run.stderr
+    where, messages = run.stdout.split()
+    assert Path(where) == (tmp_path / "site" / "fhirpm" / "mappings").resolve()
+    assert int(messages) > 0
