@@ -29,8 +29,8 @@ def shared_path(*parts: str) -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
-    if os.environ.get("FHIRPM_TEST_STORE") == "mongo":  # the API suites on MongoDB
+def settings(tmp_path: Path, request: pytest.FixtureRequest, store_kind: str) -> Settings:
+    if store_kind == "mongo":  # tests/api and tests/conformance run on both (mongo_fixtures)
         return request.getfixturevalue("mongo_settings")
     return Settings(store_url=f"sqlite:///{tmp_path / 'fhirpm.db'}", base_url=BASE,
                     log_json=False)

@@ -5,6 +5,11 @@ loop on a free loopback port, once per test session; tests talk to it through th
 PyMongo driver over TCP exactly as they would to MongoDB. Each test gets its own database,
 dropped afterwards. Emulator figures and behaviour say nothing about real MongoDB: claims
 about MongoDB need a run with FHIRPM_TEST_MONGODB_URL.
+
+Which store a test's app runs on (`store_kind`, read by tests.conftest's `settings`): the
+suites in BOTH_STORES run once per store (test ids end in `[sqlite]` / `[mongo]`), every
+other suite on SQLite. FHIRPM_TEST_STORE=sqlite|mongo instead puts every such test on that
+one store (e.g. `FHIRPM_TEST_STORE=mongo pytest tests/search` by hand).
 """
 
 from __future__ import annotations
@@ -25,6 +30,47 @@ from fhirpm.app import create_app
 from fhirpm.config import Settings
 
 REAL_MONGODB_URL = os.environ.get("FHIRPM_TEST_MONGODB_URL")
+STORES = ("sqlite", "mongo")
+# the API and REST conformance suites run on both stores in every `make test`; tests/search
+# is not here: on the emulator it takes far too long for CI (README, "Two commands")
+BOTH_STORES = ("tests/api", "tests/conformance")
+FORCED_STORE = os.environ.get("FHIRPM_TEST_STORE", "")
+if FORCED_STORE not in ("", *STORES):
+    raise pytest.UsageError(f"FHIRPM_TEST_STORE must be one of {STORES}, not {FORCED_STORE!r}")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests of the BOTH_STORES suites whose app depends on `store_kind` run once per store."""
+    if "store_kind" not in metafunc.fixturenames or FORCED_STORE:
+        return
+    root = metafunc.config.rootpath
+    if any(metafunc.definition.path.is_relative_to(root / suite) for suite in BOTH_STORES):
+        metafunc.parametrize("store_kind", STORES, indirect=True)
+
+
+@pytest.fixture(scope="module")
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """"sqlite" or "mongo": the store this test's app runs on (see the module docstring).
+    Module-scoped so that a module-wide server (tests/conformance) can follow it too."""
+    return getattr(request, "param", FORCED_STORE or "sqlite")
+
+
+def app_store_url(request: pytest.FixtureRequest, store_kind: str, sqlite_file: Path) -> str:
+    """The store URL for `store_kind`: the SQLite file, or a fresh MongoDB database dropped
+    when `request`'s scope ends (any scope: a module-wide server gets one database)."""
+    if store_kind == "sqlite":
+        return f"sqlite:///{sqlite_file}"
+    server = request.getfixturevalue("mongo_server_url")
+    name = f"fhirpm_test_{uuid.uuid4().hex[:12]}"
+    request.addfinalizer(lambda: _drop_database(server, name))
+    return with_database(server, name)
+
+
+def _drop_database(server_url: str, name: str) -> None:
+    from pymongo import MongoClient
+
+    with MongoClient(server_url, serverSelectionTimeoutMS=5000) as client:
+        client.drop_database(name)
 
 
 class EmulatorThread:
@@ -101,12 +147,9 @@ def mongo_is_emulated() -> bool:
 @pytest.fixture
 def mongo_url(mongo_server_url: str) -> Iterator[str]:
     """A URL naming a fresh database of its own, dropped after the test."""
-    from pymongo import MongoClient
-
     name = f"fhirpm_test_{uuid.uuid4().hex[:12]}"
     yield with_database(mongo_server_url, name)
-    with MongoClient(mongo_server_url, serverSelectionTimeoutMS=5000) as client:
-        client.drop_database(name)
+    _drop_database(mongo_server_url, name)
 
 
 @pytest.fixture

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import pytest
 
 from fhirpm.config import Settings
-from tests.conftest import BASE, FHIR_JSON
+from tests.conftest import FHIR_JSON
 
 PATIENT = {"resourceType": "Patient", "gender": "male"}
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(store_url=f"sqlite:///{tmp_path / 'fhirpm.db'}", base_url=BASE,
-                    log_json=False, bundle_max_entries=2, max_body_bytes=4096)
+def settings(settings: Settings) -> Settings:  # the suite's store (SQLite, then MongoDB)
+    return settings.model_copy(update={"bundle_max_entries": 2, "max_body_bytes": 4096})
 
 
 def _bundle(n: int, kind: str = "transaction") -> dict:

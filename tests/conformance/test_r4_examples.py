@@ -8,7 +8,9 @@ enforced on create. Content is compared after a lossless parse, so decimals such
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,22 +22,45 @@ from fhirpm.config import Settings
 from fhirpm.fhir import jsonio
 from tests.bearer import staff_headers
 from tests.conftest import BASE, FHIR_JSON, SHARED_DATA
+from tests.mongo_fixtures import app_store_url
 
 EXAMPLES = SHARED_DATA / "fhir" / "r4-examples"
 FILES = sorted(p.name for p in EXAMPLES.glob("*.json") if p.name != "package.json") \
     if EXAMPLES.is_dir() else []
 _SERVER_META = ("versionId", "lastUpdated")
 
-# one server for the whole module: 80 fresh databases would cost more than the tests
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def client(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[httpx.AsyncClient]:
-    db = tmp_path_factory.mktemp("examples") / "fhirpm.db"
-    app = create_app(Settings(store_url=f"sqlite:///{db}", base_url=BASE, log_json=False))
+@contextlib.asynccontextmanager
+async def _serving(store_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(Settings(store_url=store_url, base_url=BASE, log_json=False))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=BASE + "/",
                                      headers=await staff_headers(app)) as c:
             yield c
+
+
+# SQLite: one server for the whole module (80 fresh databases would cost more than the tests)
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def sqlite_client(tmp_path_factory: pytest.TempPathFactory
+                        ) -> AsyncIterator[httpx.AsyncClient]:
+    async with _serving(f"sqlite:///{tmp_path_factory.mktemp('examples') / 'fhirpm.db'}") as c:
+        yield c
+
+
+# MongoDB: a database per example. One shared database makes the module quadratic on the
+# emulator, which scans its whole history collection on every insert (docs/deploy.md).
+@pytest_asyncio.fixture(loop_scope="module")
+async def mongo_example_client(request: pytest.FixtureRequest, tmp_path: Path
+                               ) -> AsyncIterator[httpx.AsyncClient]:
+    async with _serving(app_store_url(request, "mongo", tmp_path / "unused.db")) as c:
+        yield c
+
+
+@pytest.fixture
+def client(store_kind: str, request: pytest.FixtureRequest) -> httpx.AsyncClient:
+    """The server of this store (tests.mongo_fixtures runs the suite on SQLite and MongoDB)."""
+    return request.getfixturevalue("sqlite_client" if store_kind == "sqlite"
+                                   else "mongo_example_client")
 
 
 def content(resource: dict[str, Any]) -> dict[str, Any]:

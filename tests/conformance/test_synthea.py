@@ -21,6 +21,7 @@ from fhirpm.fhir import jsonio
 from fhirpm.repository.references import holders
 from tests.bearer import staff_headers
 from tests.conftest import BASE, FHIR_JSON, shared_path
+from tests.mongo_fixtures import app_store_url, mongo_is_emulated
 
 SHARED_FIRST = ("hospitalInformation", "practitionerInformation")
 MINIMAL = {**FHIR_JSON, "Prefer": "return=minimal"}
@@ -34,9 +35,15 @@ def synthea_files() -> list[Path]:
 
 
 @pytest_asyncio.fixture
-async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(store_url=f"sqlite:///{tmp_path / 'synthea.db'}", base_url=BASE,
-                        log_json=False)
+async def client(tmp_path: Path, request: pytest.FixtureRequest,
+                 store_kind: str) -> AsyncIterator[httpx.AsyncClient]:
+    if store_kind == "mongo" and mongo_is_emulated():
+        pytest.skip("Synthea on MongoDB needs FHIRPM_TEST_MONGODB_URL: the mongoeco emulator "
+                    "checks compound unique indexes by scanning the collection on every "
+                    "insert, so 7,314 resources take far longer than the whole suite "
+                    "(docs/deploy.md)")
+    settings = Settings(store_url=app_store_url(request, store_kind, tmp_path / "synthea.db"),
+                        base_url=BASE, log_json=False)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         await _skip_without_conditional_matching(app.state.interactions)
