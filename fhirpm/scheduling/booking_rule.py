@@ -12,7 +12,8 @@ rolled back. A Slot takes up to its capacity (`model.CAPACITY`, default 1); beyo
 only inside `overbooking()` (staff, checked by the caller), which sets `Slot.overbooked`.
 
 `SlotGuard` runs on Slot writes from anyone else: occupancy is the server's record, so a
-client may not edit it, nor delete or free a Slot that Appointments occupy.
+client may not edit it, nor delete, free or move (time, schedule) a Slot that
+Appointments occupy.
 """
 
 from __future__ import annotations
@@ -203,6 +204,11 @@ class SlotGuard:
             return
         if model.occupants(change.after) != before:
             raise _managed(change.id)
+        if before and any(change.after.get(k) != change.before.get(k)
+                          for k in ("start", "end", "schedule")):
+            raise FhirError(Category.CONFLICT, f"Slot/{change.id} is booked; move its "
+                            "appointments ($reschedule) before changing its time or "
+                            "schedule", expression=("Slot.start",))
         if before and len(before) >= model.capacity(change.after) and \
                 change.after.get("status") == "free":
             raise FhirError(Category.CONFLICT, f"Slot/{change.id} is full; it cannot be "

@@ -158,6 +158,9 @@ async def test_occupancy_is_the_servers_record(client: httpx.AsyncClient) -> Non
                          headers=FHIR_JSON)
     assert r.status_code == 409 and "full" in r.text
     assert (await client.delete(f"Slot/{slot['id']}")).status_code == 409
+    moved = {**slot, "start": free[5]["start"], "end": free[5]["end"]}
+    r = await client.put(f"Slot/{slot['id']}", json=moved, headers=FHIR_JSON)
+    assert r.status_code == 409 and "$reschedule" in r.text
     r = await client.put(f"Slot/{slot['id']}", json={**slot, "comment": "room 2"},
                          headers=FHIR_JSON)
     assert r.status_code == 200  # anything else about the slot may change
