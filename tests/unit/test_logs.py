@@ -10,7 +10,13 @@ import logging
 
 import pytest
 
-from fhirpm.logs import AccessLine, JsonFormatter, JsonLinesHandler
+from fhirpm.logs import (
+    FLUSH_SECONDS,
+    MAX_PENDING,
+    AccessLine,
+    JsonFormatter,
+    JsonLinesHandler,
+)
 
 FIELDS = {"request_id": "r-1", "method": "GET", "path": "/fhir/Patient/1", "status": 200,
           "duration_ms": 1.25, "client": None, "interaction": "read"}
@@ -49,8 +55,7 @@ def test_outside_a_loop_lines_are_written_at_once(logger: logging.Logger) -> Non
         "hello there", 1, "info", "fhirpm.test-logs")
 
 
-def test_in_a_loop_lines_wait_for_the_end_of_the_iteration_in_order(
-        logger: logging.Logger) -> None:
+def test_in_a_loop_lines_are_written_together_in_order(logger: logging.Logger) -> None:
     stream = io.StringIO()
     logger.addHandler(JsonLinesHandler(stream))
     seen: list[int] = []
@@ -59,12 +64,26 @@ def test_in_a_loop_lines_wait_for_the_end_of_the_iteration_in_order(
         for n in range(3):
             logger.info("line %d", n)
         seen.append(len(stream.getvalue().splitlines()))  # nothing written yet
-        await asyncio.sleep(0)  # one loop iteration: the handler's flush runs
+        # the flush is a timer due FLUSH_SECONDS after the first line: one due later
+        # runs after it on the same loop, whatever the machine's speed
+        await asyncio.sleep(FLUSH_SECONDS * 2)
         seen.append(len(stream.getvalue().splitlines()))
 
     asyncio.run(main())
     assert seen == [0, 3]
     assert [x["msg"] for x in lines(stream)] == ["line 0", "line 1", "line 2"]
+
+
+def test_a_backlog_is_written_at_once(logger: logging.Logger) -> None:
+    stream = io.StringIO()
+    logger.addHandler(JsonLinesHandler(stream))
+
+    async def main() -> int:
+        for n in range(MAX_PENDING):
+            logger.info("line %d", n)
+        return len(stream.getvalue().splitlines())
+
+    assert asyncio.run(main()) == MAX_PENDING
 
 
 def test_a_loop_closed_before_its_flush_does_not_hold_later_lines(
@@ -81,7 +100,7 @@ def test_a_loop_closed_before_its_flush_does_not_hold_later_lines(
 
     async def later() -> None:
         logger.info("second")
-        await asyncio.sleep(0)
+        await asyncio.sleep(FLUSH_SECONDS * 2)
 
     asyncio.run(later())
     assert [x["msg"] for x in lines(stream)][-1] == "second"
