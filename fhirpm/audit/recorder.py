@@ -119,7 +119,7 @@ class Recorder:
         for attempt in range(_ATTEMPTS):
             try:
                 async with self.trail.store.unit_of_work() as unit:
-                    await self.trail.append(unit, events)
+                    await self.trail.append(unit, events, confirm=False)  # retried here
             except VersionConflict:  # another node took the chain's next position first
                 if attempt == _ATTEMPTS - 1:
                     raise
@@ -224,7 +224,7 @@ class Recorder:
                 async with ix.repo.store.unit_of_work() as unit:
                     response = await inner(replace(req, uow=unit))
                     await self._append_write(ix, unit, req, parts, interaction, scope,
-                                             response)
+                                             response, confirm=False)  # retried here
             except VersionConflict as exc:
                 # Lost a race for the chain's next position (MongoDB: another node's unit
                 # took it) or at commit: nothing was applied, so the request runs again, as
@@ -243,7 +243,7 @@ class Recorder:
 
     async def _append_write(self, ix: Interactions, unit: Any, req: FhirRequest,
                             parts: list[str], interaction: str, scope: _Scope,
-                            response: FhirResponse) -> None:
+                            response: FhirResponse, *, confirm: bool = True) -> None:
         patients: list[str] = []
         gone = response.version
         if gone is not None and gone.deleted and gone.version > 1:
@@ -252,7 +252,8 @@ class Recorder:
             if before is not None:
                 patients = self._patients_of_version(before)
         await self.trail.append(unit, self._built(
-            lambda: self._events(req, parts, interaction, scope, response, patients)))
+            lambda: self._events(req, parts, interaction, scope, response, patients)),
+            confirm=confirm)
 
     def _built(self, build: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
         try:

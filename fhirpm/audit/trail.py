@@ -79,15 +79,20 @@ class Trail:
 
     # -- writing ------------------------------------------------------------------------
 
-    async def append(self, unit: UnitOfWork, events: Sequence[dict[str, Any]]
-                     ) -> list[ResourceVersion]:
+    async def append(self, unit: UnitOfWork, events: Sequence[dict[str, Any]], *,
+                     confirm: bool = True) -> list[ResourceVersion]:
         """Seal `events` after the chain's head and put them into `unit` (they commit or
-        roll back with it). Returns the stored versions."""
+        roll back with it). Returns the stored versions.
+
+        `confirm=False` skips looking the head up inside the unit (a trip to the writer):
+        if another node took the position meanwhile, the unit then fails with
+        VersionConflict (the put or the commit) and the caller must run it again, which
+        the recorder does for the units it opens itself."""
         if not events:
             return []
         head = self._units.get(unit)
         if head is None:
-            head = await self._head_in(unit)
+            head = await self._head_in(unit) if confirm else await self.head()
         stored: list[ResourceVersion] = []
         for event in events:
             sealed = chain.seal(event, head, self.key)
