@@ -213,19 +213,26 @@ class Repository:
         version = ResourceVersion(type, id, version_number, last_updated, method, body)
         await self._put(unit, version, self.indexer.extract(type, stored),
                         current.version if current else 0, unique_keys)
-        await self._run_rules(unit, type, id, current if live else None, stored, method)
+        if await self._run_rules(unit, type, id, current if live else None, stored, method):
+            # a rule may have written this resource again (a virtual visit's join link):
+            # the caller answers with what the unit will commit, not the first draft
+            latest = await unit.current(type, id)
+            if latest is not None and latest.version > version.version:
+                version = latest
         return WriteResult(version, created=not live)
 
     async def _run_rules(self, unit: UnitOfWork, type: str, id: str,
                          current: ResourceVersion | None, after: dict[str, Any] | None,
-                         method: str) -> None:
+                         method: str) -> bool:
+        """Run the type's rules; False when it has none."""
         rules = self._rules.get(type)
         if not rules:  # the common case costs one dict lookup
-            return
+            return False
         before = jsonio.loads(current.body) if current is not None else None
         change = Change(type, id, method, before, after)
         for rule in rules:
             await rule.apply(self, unit, change)
+        return True
 
     async def _put(self, unit: UnitOfWork, version: ResourceVersion, entries: list,
                    expected: int, unique_keys: tuple[str, ...] = ()) -> None:

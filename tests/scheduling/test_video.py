@@ -34,7 +34,9 @@ def _appointment(patient: str, status: str, *, virtual: bool = True) -> dict[str
 async def _create(client: httpx.AsyncClient, resource: dict[str, Any]) -> dict[str, Any]:
     r = await client.post(resource["resourceType"], json=resource, headers=FHIR_JSON)
     assert r.status_code == 201, r.text
-    return (await client.get(f"{resource['resourceType']}/{r.json()['id']}")).json()
+    stored = (await client.get(f"{resource['resourceType']}/{r.json()['id']}")).json()
+    assert r.json() == stored  # the answer is what the unit committed, link included
+    return stored
 
 
 async def _patient(client: httpx.AsyncClient) -> str:
@@ -44,7 +46,9 @@ async def _patient(client: httpx.AsyncClient) -> str:
 async def _put(client: httpx.AsyncClient, resource: dict[str, Any]) -> dict[str, Any]:
     r = await client.put(f"Appointment/{resource['id']}", json=resource, headers=FHIR_JSON)
     assert r.status_code == 200, r.text
-    return (await client.get(f"Appointment/{resource['id']}")).json()
+    stored = (await client.get(f"Appointment/{resource['id']}")).json()
+    assert r.json() == stored  # the answer is what the unit committed, link included
+    return stored
 
 
 async def test_booked_virtual_visit_gets_a_unique_link(client: httpx.AsyncClient) -> None:
