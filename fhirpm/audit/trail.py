@@ -7,9 +7,11 @@ writers: an event is stored with `expected_version=0` under the id of the next p
 inside the unit of work of the write it records (or the read batch's own unit). Two units
 that both want position n+1 cannot both commit: SQLite runs one writer at a time (and the
 unit looks the head up under its BEGIN IMMEDIATE), MongoDB refuses the second insert of the
-same `_id` (the loser's unit replays and fails its check, so the request answers 409 and
-nothing half-chained is left). The head is looked up inside the unit, starting from a
-per-process hint, so a unit never seals after a stale head.
+same `_id` (the loser's unit replays and fails its check). Either way nothing
+half-chained is left: the losing unit fails with VersionConflict, and the recorder runs
+the units it opened itself again. The head is found from committed data (from a
+per-process hint, galloping over the ids); in a caller's unit it is also confirmed inside
+the unit (`confirm`), since that unit cannot simply be run again.
 
 Retention removes a prefix of the chain; before it does, it records the last purged
 event's (seq, hash) as the checkpoint (a store Document), which is where verification and
