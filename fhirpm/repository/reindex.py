@@ -67,6 +67,7 @@ class _State:
     pending: set[str] = field(default_factory=set)  # urls whose job is not done
     worker: asyncio.Task[None] | None = None
     last_spawn: float = 0.0
+    failed: bool = False  # the last worker stopped on an error (its lease will expire)
     listening: bool = False  # the store reports this process's commits
     dirty: bool = True  # a commit happened since the last look (or we cannot know)
     checked: float = 0.0  # monotonic time of the last look
@@ -227,6 +228,8 @@ async def drain(ix: Interactions) -> None:
     state = _state(ix)
     while state.worker is not None and not state.worker.done():
         await state.worker
+        if state.failed:
+            break  # respawning at once would fail the same way, forever; the lease retries
         if await _claimable(ix, state):
             _spawn(ix, state, force=True)
     await _refresh_pending(ix, state)
@@ -243,6 +246,7 @@ async def _claimable(ix: Interactions, state: _State) -> bool:
 
 
 async def _work(ix: Interactions, state: _State) -> None:
+    state.failed = False
     try:
         while True:
             claimed = await _claim(ix, state)
@@ -251,6 +255,7 @@ async def _work(ix: Interactions, state: _State) -> None:
             await _run(ix, state, *claimed)
         await _refresh_pending(ix, state)
     except Exception:
+        state.failed = True
         log.exception("reindex worker stopped; its lease will expire and the job resume")
 
 

@@ -103,3 +103,21 @@ async def test_capability_statement_lists_a_parameter_once_searchable(
     assert "favorite-color" not in pending and "birthdate" in pending
     await reindex.drain(app.state.interactions)
     assert "favorite-color" in await patient_params()
+
+
+async def test_drain_returns_when_the_worker_fails(client: httpx.AsyncClient,
+                                                   app: FastAPI) -> None:
+    """A worker that fails on every batch (here: an indexer that raises) stops; drain must
+    not respawn it forever. The job stays unfinished for its lease to retry later."""
+    import asyncio
+
+    class BrokenIndexer:
+        def extract(self, type: str, resource: dict) -> list:
+            raise RuntimeError("index extraction failed")
+
+    ix = app.state.interactions
+    await put_all(client, [colored("b1", "blue")])
+    ix.repo.indexer = BrokenIndexer()  # only the reindex worker extracts from here on
+    key = await reindex.start(ix, ["Patient"])
+    await asyncio.wait_for(reindex.drain(ix), timeout=30)  # a guard: it hung before the fix
+    assert (await reindex.status(ix, key))["status"] != "done"
