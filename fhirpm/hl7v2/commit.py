@@ -28,7 +28,7 @@ from typing import Any
 
 from fhirpm.errors import Category, FhirError
 from fhirpm.fhir import jsonio
-from fhirpm.hl7v2.engine import Link, Mapped, MappedResource
+from fhirpm.hl7v2.engine import Link, Mapped, MappedResource, copy_json
 from fhirpm.hl7v2.parser import V2Error
 from fhirpm.repository.interactions import FhirRequest, Interactions
 from fhirpm.repository.service import new_id, now_instant
@@ -256,7 +256,7 @@ def merge(stored: dict[str, Any] | None, res: MappedResource) -> dict[str, Any]:
     """What the message says over what is stored: sent elements replace, empty fields keep,
     `""` removes; identifiers and links accumulate; defaults fill what is still missing."""
     if stored is None:
-        return _copy(res.resource())
+        return copy_json(res.resource())
     out = {k: v for k, v in stored.items() if k not in ("id", "text")}
     meta = {k: v for k, v in (out.pop("meta", None) or {}).items()
             if k not in ("versionId", "lastUpdated")}
@@ -274,7 +274,7 @@ def merge(stored: dict[str, Any] | None, res: MappedResource) -> dict[str, Any]:
     for name, value in res.defaults.items():
         out.setdefault(name, value)
     out["resourceType"] = res.type
-    return _copy(out)
+    return copy_json(out)
 
 
 def _same_item(item: Any, have: list[Any]) -> bool:
@@ -463,12 +463,6 @@ def _located(err: FhirError, t: _Target) -> V2Error:
     return out
 
 
-def _copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    return value
 
 
 __all__ = ["Committer", "merge"]

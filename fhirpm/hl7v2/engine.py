@@ -294,7 +294,7 @@ class _Run:
         if created:
             res.origin = (seg.name, seg.occurrence)
         for name, value in (smap.get("defaults") or {}).items():
-            res.defaults.setdefault(name, _copy(value))
+            res.defaults.setdefault(name, copy_json(value))
         if row.get("create"):
             self.creates.add(key)
         try:
@@ -344,11 +344,11 @@ class _Run:
     def apply_event(self, event: dict[str, Any]) -> None:
         for key, values in (event.get("set") or {}).items():
             for res in self._keyed(key):
-                res.body.update(_copy(values))
+                res.body.update(copy_json(values))
                 res.deletes.difference_update(values)
         for key, values in (event.get("default") or {}).items():
             for res in self._keyed(key):
-                res.defaults.update(_copy(values))
+                res.defaults.update(copy_json(values))
 
     # -- segment level ----------------------------------------------------------------
 
@@ -357,14 +357,14 @@ class _Run:
         for rule in rules:
             if "value" in rule and "f" not in rule:
                 if _condition(rule.get("when"), lambda n: seg.field(n)):
-                    _set(res.body, rule["path"], _copy(rule["value"]))
+                    _set(res.body, rule["path"], copy_json(rule["value"]))
                 continue
             reps = seg.field(rule["f"])
             if not reps or not _condition(rule.get("when"), lambda n: seg.field(n)):
                 continue
             if "value" in rule:
                 if reps != [[[NULL]]]:
-                    _set(res.body, rule["path"], _copy(rule["value"]))
+                    _set(res.body, rule["path"], copy_json(rule["value"]))
                 continue
             if reps == [[[NULL]]]:
                 res.deletes.add(_top(rule["path"]))
@@ -434,7 +434,7 @@ class _Run:
             if not any(s[0] for s in sub) or sub == [[NULL]]:
                 continue
             if "value" in rule:
-                _set(out, rule["path"], _copy(rule["value"]))
+                _set(out, rule["path"], copy_json(rule["value"]))
                 continue
             value = (FUNCTIONS[rule["fn"]](self, sub, rule) if "fn" in rule
                      else self._typed(rule.get("type", "string"), sub, rule.get("vocab")))
@@ -447,7 +447,7 @@ class _Run:
         for rule in dmap.get("rules", ()):
             if "c" not in rule and "fn" not in rule and "value" in rule and _condition(
                     rule.get("when"), lambda n: _comp(comps, n)):
-                _set(out, rule["path"], _copy(rule["value"]))
+                _set(out, rule["path"], copy_json(rule["value"]))
         out = _compact(out)
         return out.get("value", {}) if dmap.get("scalar") else out
 
@@ -678,14 +678,14 @@ def _set(obj: dict[str, Any], path: str, value: Any, with_: dict[str, Any] | Non
         if index == "+":
             if last:
                 if with_ and isinstance(value, dict):
-                    value = {**_copy(with_), **value}
+                    value = {**copy_json(with_), **value}
                 items.append(value)
                 return
             items.append({})
             cur = items[-1]
             if with_:
                 for k, v in with_.items():
-                    _set(cur, k, _copy(v))
+                    _set(cur, k, copy_json(v))
             continue
         while len(items) <= index:
             items.append({} if not last else None)
@@ -697,11 +697,12 @@ def _set(obj: dict[str, Any], path: str, value: Any, with_: dict[str, Any] | Non
         cur = items[index]
 
 
-def _copy(value: Any) -> Any:
+def copy_json(value: Any) -> Any:
+    """A deep copy of parsed JSON (dicts, lists, scalars): cheaper than copy.deepcopy."""
     if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
+        return {k: copy_json(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_copy(v) for v in value]
+        return [copy_json(v) for v in value]
     return value
 
 
