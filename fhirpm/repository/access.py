@@ -116,9 +116,9 @@ async def guarded(ix: Interactions, req: FhirRequest, parts: list[str],
     """Dispatch a request of a caller who is not trusted (module doc)."""
     rule = RULES.get((shape, req.method))
     if (rule is not None and rule.kind == "public") or _published(ix, req, parts, shape):
-        return await ix._route(req.method, parts)(ix, req, parts)
+        return await ix._route(req.method, parts, shape)(ix, req, parts)
     principal = authenticated(req.principal)
-    handler = ix._route(req.method, parts)  # 404 / 405 for what no handler serves
+    handler = ix._route(req.method, parts, shape)  # 404 / 405: what no handler serves
     policy = Policy(ix, principal, req.base)
     if rule is None:
         raise policy.refusal(None, "", f"{req.method} /{'/'.join(parts)} is not open to "

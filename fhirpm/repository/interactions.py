@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 from fhirpm.errors import Category, FhirError, information_outcome
-from fhirpm.fhir import jsonio
+from fhirpm.fhir import jsonio, shaping
 from fhirpm.repository import access
 from fhirpm.repository.service import (
     Repository,
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from fhirpm.auth.principal import Principal
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FhirRequest:
     method: str
     path: str  # relative to the FHIR base, no leading slash: "Patient/1/_history/2"
@@ -95,13 +97,16 @@ class Interactions:
 
     async def _dispatch(self, req: FhirRequest) -> FhirResponse:
         parts = [p for p in req.path.split("/") if p]
+        shape = _shape(parts)  # once per request: the access gate routes with it too
         if req.principal is not None:  # every caller but a trusted internal one
-            return await access.guarded(self, req, parts, _shape(parts))
-        handler = self._route(req.method, parts)
+            return await access.guarded(self, req, parts, shape)
+        handler = self._route(req.method, parts, shape)
         return await handler(self, req, parts)
 
-    def _route(self, method: str, parts: list[str]) -> Handler:
-        shape = _shape(parts)
+    def _route(self, method: str, parts: list[str], shape: str | None = None) -> Handler:
+        """The handler of `method` on `parts` (`shape`: `_shape(parts)`, if known)."""
+        if shape is None:
+            shape = _shape(parts)
         allowed = _ROUTES.get(shape)
         if allowed is None:
             raise FhirError(Category.NOT_FOUND, f"No FHIR endpoint at /{'/'.join(parts)}")
@@ -114,10 +119,18 @@ class Interactions:
         return handler
 
 
+_SPECIAL = frozenset({"_history", "_search", "metadata"})
+
+
 def _shape(parts: list[str]) -> str:
     """Classify a path: 'Patient/1/_history/2' -> 'T/I/_history/V'."""
     if not parts:
         return ""
+    if len(parts) == 2:  # the commonest request (read, update, delete): short cut
+        first, second = parts
+        if (first not in _SPECIAL and second not in _SPECIAL
+                and not first.startswith("$") and not second.startswith("$")):
+            return "T/I"
     out: list[str] = []
     for n, part in enumerate(parts):
         if part.startswith("$"):
@@ -243,8 +256,8 @@ def read_response(version: ResourceVersion) -> FhirResponse:
 
 def shaped(req: FhirRequest, response: FhirResponse) -> FhirResponse:
     """Apply `_summary` / `_elements` to a read (fhirpm.fhir.shaping owns the rules)."""
-    from fhirpm.fhir import shaping
-
+    if not req.params:  # nothing asked for: the stored bytes as they are
+        return response
     summary, elements = shaping.requested(req.params)
     if (summary is None and elements is None) or response.body is None:
         return response
@@ -278,8 +291,6 @@ def _prefer_return(req: FhirRequest) -> str:
 
 def _not_modified(req: FhirRequest, version: ResourceVersion) -> FhirResponse | None:
     """Honour If-None-Match (version) and If-Modified-Since (time) on reads."""
-    from email.utils import parsedate_to_datetime
-
     inm = req.headers.get("if-none-match")
     if inm is not None:
         tags = {parse_etag(t) for t in inm.split(",")}
@@ -292,8 +303,6 @@ def _not_modified(req: FhirRequest, version: ResourceVersion) -> FhirResponse | 
             since = parsedate_to_datetime(ims)
         except (TypeError, ValueError):
             return None
-        from datetime import datetime
-
         modified = datetime.fromisoformat(version.last_updated).replace(microsecond=0)
         if since.tzinfo is not None and modified <= since:
             return FhirResponse(304, None, version_headers(version), version)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Protocol
 
 from fhirpm.errors import Category, FhirError
@@ -305,10 +306,12 @@ _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
+@lru_cache(maxsize=8192)
 def http_date(instant: str) -> str:
     """A stored FHIR instant (UTC) as an HTTP-date: `Sun, 06 Nov 1994 08:49:37 GMT`.
 
-    By hand: email.utils.format_datetime costs more than the rest of a read's headers."""
+    By hand: email.utils.format_datetime costs more than the rest of a read's headers.
+    Remembered per instant text (a pure function; reads of a hot resource repeat it)."""
     t = datetime.fromisoformat(instant)
     if t.utcoffset():
         t = t.astimezone(UTC)
