@@ -352,6 +352,10 @@ class Recorder:
         return list(patients_of(type_, id_, entries))
 
     def _patients_of_bundle(self, body: bytes) -> list[str]:
+        if b"Patient" not in body:
+            # no Patient resource and no reference to one (a patient reference always
+            # names the type): nothing to extract ($find's proposals, directory searches)
+            return []
         try:
             bundle = orjson.loads(body)
         except orjson.JSONDecodeError:
