@@ -31,16 +31,14 @@ visited in Python, never a collection.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
-from fhirpm.errors import Category, FhirError
+from fhirpm.search import cursor_token
 from fhirpm.search.query import Include, SearchQuery, SearchResult, SortKey
 from fhirpm.storage.mongo import schema
 from fhirpm.storage.mongo.clauses import KIND_OF_TYPE, Compiler, all_of
@@ -60,28 +58,22 @@ class Cursor:
     position: tuple | None = None  # (missing flag, value) per sort key, then c, type, id
 
     def encode(self) -> str:
-        raw = orjson.dumps([self.snapshot, self.total, self.backward,
-                            list(self.position) if self.position is not None else None])
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        return cursor_token.pack([self.snapshot, self.total, self.backward,
+                                  list(self.position) if self.position is not None else None])
 
     @classmethod
     def decode(cls, token: str, width: int) -> Cursor:
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            snapshot, total, backward, position = orjson.loads(raw)
-            ok = (isinstance(snapshot, int) and (total is None or isinstance(total, int))
-                  and isinstance(backward, bool)
-                  and (position is None or (isinstance(position, list)
-                                            and len(position) == width
-                                            and isinstance(position[-3], int)
-                                            and all(isinstance(p, str) for p in position[-2:])
-                                            and all(not isinstance(p, dict | list)
-                                                    for p in position))))
-        except (ValueError, TypeError, orjson.JSONDecodeError):
-            ok = False
+        snapshot, total, backward, position = cursor_token.unpack(token, 4)
+        ok = (isinstance(snapshot, int) and (total is None or isinstance(total, int))
+              and isinstance(backward, bool)
+              and (position is None or (isinstance(position, list)
+                                        and len(position) == width
+                                        and isinstance(position[-3], int)
+                                        and all(isinstance(p, str) for p in position[-2:])
+                                        and all(not isinstance(p, dict | list)
+                                                for p in position))))
         if not ok:
-            raise FhirError(Category.INVALID, "_cursor is not a cursor this server issued "
-                            "for this search", expression=("_cursor",))
+            raise cursor_token.refused()
         return cls(snapshot, total, backward, tuple(position) if position else None)
 
 
