@@ -33,6 +33,7 @@ import os
 import time
 import uuid
 import weakref
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,7 @@ class _State:
     listening: bool = False  # the store reports this process's commits
     dirty: bool = True  # a commit happened since the last look (or we cannot know)
     checked: float = 0.0  # monotonic time of the last look
+    held: int = 0  # open `held()` blocks: no worker starts while this is above zero
 
 
 _STATES: weakref.WeakKeyDictionary[Any, _State] = weakref.WeakKeyDictionary()
@@ -214,7 +216,7 @@ async def _refresh_pending(ix: Interactions, state: _State) -> None:
 
 
 def _spawn(ix: Interactions, state: _State, force: bool = False) -> None:
-    if state.worker is not None and not state.worker.done():
+    if state.held or (state.worker is not None and not state.worker.done()):
         return
     now = time.monotonic()
     if not force and now - state.last_spawn < _RETRY_SECONDS and state.worker is not None:
@@ -223,9 +225,27 @@ def _spawn(ix: Interactions, state: _State, force: bool = False) -> None:
     state.worker = asyncio.get_running_loop().create_task(_work(ix, state))
 
 
+@contextlib.asynccontextmanager
+async def held(ix: Interactions) -> AsyncIterator[None]:
+    """Keep this process's worker from starting while the block runs, so what a
+    parameter looks like before its job finishes can be observed (tests, maintenance
+    windows). A worker already running is waited for first; leaving the block lets the
+    next look at the store start one."""
+    state = _state(ix)
+    state.held += 1
+    try:
+        if state.worker is not None and not state.worker.done():
+            await state.worker
+        yield
+    finally:
+        state.held -= 1
+
+
 async def drain(ix: Interactions) -> None:
     """Wait until this process's worker has nothing left it can claim (tests, shutdown)."""
     state = _state(ix)
+    if (state.worker is None or state.worker.done()) and await _claimable(ix, state):
+        _spawn(ix, state, force=True)
     while state.worker is not None and not state.worker.done():
         await state.worker
         if state.failed:

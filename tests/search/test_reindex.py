@@ -32,12 +32,13 @@ async def test_a_new_search_parameter_is_searchable_once_reindexed(
         client: httpx.AsyncClient, app: FastAPI) -> None:
     ix = app.state.interactions
     await put_all(client, [colored(f"old{n}", "Blue" if n % 2 else "red") for n in range(5)])
-    await put_all(client, [PARAM])
-    early = await search(client, "Patient", {"favorite-color": "blue"})
-    assert any("being reindexed" in p for p in outcome(early))  # pending: refused, reported
-    assert (await client.get("Patient", params={"favorite-color": "blue"},
-                             headers={"Prefer": "handling=strict"})).status_code == 400
-    await put_all(client, [colored("new1", "blue")])  # indexed at write time meanwhile
+    async with reindex.held(ix):  # the job cannot finish before we look
+        await put_all(client, [PARAM])
+        early = await search(client, "Patient", {"favorite-color": "blue"})
+        assert any("being reindexed" in p for p in outcome(early))  # pending: refused
+        assert (await client.get("Patient", params={"favorite-color": "blue"},
+                                 headers={"Prefer": "handling=strict"})).status_code == 400
+        await put_all(client, [colored("new1", "blue")])  # indexed at write time meanwhile
     await reindex.drain(ix)
     found = await search(client, "Patient", {"favorite-color": "blue"},
                          headers={"Prefer": "handling=strict"})
