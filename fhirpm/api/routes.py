@@ -16,6 +16,7 @@ the handler's headers (names lower-cased), then `content-length` and `content-ty
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -96,8 +97,7 @@ class FhirEndpoint:
             authorization = edge.get(b"authorization")
             principal = await self.callers.caller(
                 authorization.decode("latin-1") if authorization is not None else None)
-        return FhirRequest(method=method, path=path, base=self.base_url, params=params,
-                           headers=headers, body=body, principal=principal)
+        return _new_request(method, path, self.base_url, params, headers, body, principal)
 
     async def _read_body(self, receive: Any, declared: bytes | None) -> bytes:
         if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
@@ -115,6 +115,51 @@ class FhirEndpoint:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+# The edge's requests are built without the frozen dataclass's `__init__`, which sets
+# each of its ten fields through `object.__setattr__` and cost ~5 us of a read here
+# (docs/performance.md): the same slots are filled through their descriptors. The request
+# is as immutable as ever; only its construction is cheaper. The short cut knows
+# FhirRequest's fields: should they change, requests are built the ordinary way.
+_KNOWN_FIELDS = ("method", "path", "base", "params", "headers", "body", "resource", "uow",
+                 "assigned_id", "principal")
+Params = tuple[tuple[str, str], ...]
+
+
+def _plain_request(method: str, path: str, base: str, params: Params,
+                   headers: dict[str, str], body: bytes | None, principal: Any) -> FhirRequest:
+    return FhirRequest(method=method, path=path, base=base, params=params, headers=headers,
+                       body=body, principal=principal)
+
+
+def _request_builder() -> Any:
+    if (tuple(f.name for f in fields(FhirRequest)) != _KNOWN_FIELDS
+            or not hasattr(FhirRequest, "__slots__")):
+        return _plain_request
+    slot = FhirRequest.__dict__
+    new = object.__new__
+    set_method, set_path, set_base, set_params, set_headers, set_body, set_resource, \
+        set_uow, set_assigned, set_principal = (slot[name].__set__ for name in _KNOWN_FIELDS)
+
+    def build(method: str, path: str, base: str, params: Params, headers: dict[str, str],
+              body: bytes | None, principal: Any) -> FhirRequest:
+        req = new(FhirRequest)
+        set_method(req, method)
+        set_path(req, path)
+        set_base(req, base)
+        set_params(req, params)
+        set_headers(req, headers)
+        set_body(req, body)
+        set_resource(req, None)
+        set_uow(req, None)
+        set_assigned(req, None)
+        set_principal(req, principal)
+        return req
+    return build
+
+
+_new_request = _request_builder()
 
 
 def _query(raw: bytes) -> tuple[tuple[str, str], ...]:
