@@ -2,9 +2,10 @@
 Repository (the path REST writes end in; `commit.py`) -> acknowledgements.
 
 Owns the order of effects that makes delivery exactly-once in outcome: the raw message is
-committed first (so an enhanced-mode accept ACK is truthful and nothing is lost); a resend
-with the same (MSH-3, MSH-4, MSH-10) is answered with the stored ACK and not reprocessed;
-the application ACK is built only after the transaction committed. Mapping is idempotent as
+committed first, with the claim of its (MSH-3, MSH-4, MSH-10) (so an enhanced-mode accept
+ACK is truthful and nothing is lost); a resend with the same key is answered with the
+stored ACK and not reprocessed; the application ACK is built only after the transaction
+committed, and sent once the record of the outcome is. Mapping is idempotent as
 well (conditional updates on business identifiers), because senders also resend with new
 control ids.
 
@@ -69,23 +70,39 @@ class Inbound:
         except V2Error as err:
             return await self._rejected(raw, peer, err)
         h = msg.header
-        previous = await self.log.duplicate_of(h)
-        if previous is not None and previous.status in FINAL:
-            log.info("hl7 duplicate answered from the log",
-                     extra={"control_id": h.control_id, "sender": h.sending_application})
-            return Outcome(previous.acks, previous, duplicate=True)
         key = (h.sending_application, h.sending_facility, h.control_id)
         if h.control_id and key in self._in_flight:
             return Outcome([self._ack(h, "AE", _busy())])  # its first copy is still running
-        try:
-            record = previous or await self.log.create(raw, h, peer)
-        except VersionConflict:  # the same message arrived twice at once on two connections
-            return Outcome([self._ack(h, "AE", _busy())])
         self._in_flight.add(key)
         try:
+            record = await self._claim(raw, h, peer)
+            if record.status in FINAL:
+                log.info("hl7 duplicate answered from the log",
+                         extra={"control_id": h.control_id, "sender": h.sending_application})
+                return Outcome(record.acks, record, duplicate=True)
             return await self.process(record, msg, early)
+        except _Busy:  # the same message arrived twice at once on two connections
+            return Outcome([self._ack(h, "AE", _busy())])
         finally:
             self._in_flight.discard(key)
+
+    async def _claim(self, raw: bytes, h: Header, peer: str) -> LoggedMessage:
+        """The message's record: new, its dedup key claimed (one write, no read); or,
+        when the key is held, what holds it: a final record (a resend, answered from the
+        log) or one that was cut off before its answer (processed again)."""
+        record = self.log.new(raw, h, peer)
+        if not h.control_id:
+            if h.enhanced and ack.wanted(h.accept_ack, ok=True):
+                return await self.log.create(raw, h, peer)  # logged before the accept ACK
+            return record  # nothing to claim: recorded once answered
+        try:
+            await self.log.claim(record)
+            return record
+        except VersionConflict:
+            previous = await self.log.duplicate_of(h)
+        if previous is None:  # the claim expired between the two trips
+            raise _Busy()
+        return previous
 
     async def process(self, record: LoggedMessage, msg: Message,
                       early: Early | None = None) -> Outcome:
@@ -134,7 +151,7 @@ class Inbound:
         return Outcome(acks, record, resources=record.resources)
 
     async def _rejected(self, raw: bytes, peer: str, err: V2Error) -> Outcome:
-        record = await self.log.create(raw, None, peer)
+        record = self.log.new(raw, None, peer)  # written once, with its answer
         record.status, record.error = "rejected", str(err)
         record.acks = [ack.build(None, "AR", error=err, application=self.settings.application,
                                  facility=self.settings.facility)]
@@ -162,6 +179,10 @@ class Inbound:
             await self.log.save(record)
             return Outcome(record.acks, record)
         return await self.process(record, msg)
+
+
+class _Busy(Exception):
+    """Another copy of the message holds its dedup key (see `_claim`)."""
 
 
 def _busy() -> V2Error:

@@ -4,14 +4,20 @@ its acknowledgements and the resources it produced, in the store's Document API.
 Key scheme (documents are listed by key prefix, so each listing is an index):
   hl7v2.messages  <received UTC, sortable>-<random>     the record (listing by date; sender,
                                                          type and status filter the listing)
-  hl7v2.dedup     <MSH-3>|<MSH-4>|<MSH-10>               -> message id (expires after N days)
+  hl7v2.dedup     <MSH-3>|<MSH-4>|<MSH-10>               the claim: the record as received
+                                                         (expires after N days)
   hl7v2.index     patient|<Patient/id>|<id>              messages that wrote a patient
-Each document write is a store round trip on the ingest path, so only the patient (known
-after processing, and unbounded in time) has an index of its own.
-Status: received -> processed | error | rejected. A record left at `received` was cut off
-between receipt and acknowledgement (crash): its resend is processed, not answered from
-the log. The record and its index entries are separate documents; the record is written
-first, so an index entry never points at nothing.
+Each document write is a store round trip (its own transaction) on the ingest path, so a
+message costs three: before processing, the claim of its dedup key, which carries the whole
+record as received (raw bytes, status `received`): a copy arriving meanwhile finds it, and
+an enhanced-mode accept ACK may go out once it is committed; after processing, the record
+with its outcome; then the patient index entry (the patient is known only then, and
+listing by patient is unbounded in time). A new message needs no read: the claim is
+attempted first, and only a refused claim (a resend) reads what holds the key.
+Status: received -> processed | error | rejected. A claim with no record was cut off
+between receipt and acknowledgement (crash): its resend is processed, not answered from the
+log, and listings show it as `received` until then. The record is written before its index
+entry, so an index entry never points at nothing.
 """
 
 from __future__ import annotations
@@ -79,11 +85,8 @@ class MessageLog:
         self.store = store
         self.dedup_seconds = dedup_days * 86400
 
-    async def create(self, raw: bytes, header: Header | None, peer: str = "") -> LoggedMessage:
-        """Store a newly received message (status `received`) and claim its dedup key.
-
-        Raises VersionConflict when another copy claimed the key first (a concurrent resend).
-        """
+    def new(self, raw: bytes, header: Header | None, peer: str = "") -> LoggedMessage:
+        """A record for a message just received (status `received`; nothing written)."""
         now = datetime.now(UTC)
         msg = LoggedMessage(id=new_id(now), received=now.isoformat(timespec="milliseconds"),
                             raw=raw.decode("latin-1"), peer=peer)
@@ -91,30 +94,55 @@ class MessageLog:
             msg.sender, msg.facility = header.sending_application, header.sending_facility
             msg.control_id = header.control_id
             msg.type = f"{header.message_code}^{header.event}"
-        msg.rev = await self.store.doc_put(MESSAGES, msg.id, msg.to_json(), expected_rev=0)
+        return msg
+
+    async def claim(self, msg: LoggedMessage) -> None:
+        """Claim the message's dedup key with the record as received (one write).
+
+        Raises VersionConflict when the key is held already: a resend, or a copy being
+        processed elsewhere (`duplicate_of` tells which)."""
         key = msg.dedup_key
         if key is not None:
-            try:
-                await self.store.doc_put(DEDUP, key, msg.id.encode(), expected_rev=0,
-                                         expires_at=int(time.time()) + self.dedup_seconds)
-            except VersionConflict:  # another copy claimed it: this record is nobody's
-                await self.store.doc_delete(MESSAGES, msg.id)
-                raise
+            await self.store.doc_put(DEDUP, key, msg.to_json(), expected_rev=0,
+                                     expires_at=int(time.time()) + self.dedup_seconds)
+
+    async def create(self, raw: bytes, header: Header | None, peer: str = "") -> LoggedMessage:
+        """Store a newly received message as a record of its own (status `received`) and
+        claim its dedup key: for messages that must be in the log before they are
+        processed without a dedup key to hold them (an enhanced-mode accept ACK).
+
+        Raises VersionConflict when another copy claimed the key first (a concurrent resend).
+        """
+        msg = self.new(raw, header, peer)
+        msg.rev = await self.store.doc_put(MESSAGES, msg.id, msg.to_json(), expected_rev=0)
+        try:
+            await self.claim(msg)
+        except VersionConflict:  # another copy claimed it: this record is nobody's
+            await self.store.doc_delete(MESSAGES, msg.id)
+            raise
         return msg
 
     async def duplicate_of(self, header: Header) -> LoggedMessage | None:
+        """What holds this message's dedup key: its record, or, when it has none yet (cut
+        off, or still being processed elsewhere), the record as claimed."""
         if not header.control_id:
             return None
         doc = await self.store.doc_get(
             DEDUP, f"{header.sending_application}|{header.sending_facility}|{header.control_id}")
-        return await self.get(doc.body.decode()) if doc else None
+        if doc is None:
+            return None
+        claimed = _claimed(doc.body)
+        if claimed is None:  # a key claimed before claims carried the record: its id
+            return await self.get(doc.body.decode())
+        return await self.get(claimed.id) or claimed
 
     async def get(self, id: str) -> LoggedMessage | None:
         doc = await self.store.doc_get(MESSAGES, id)
         return LoggedMessage.from_doc(doc.body, doc.rev) if doc else None
 
     async def save(self, msg: LoggedMessage) -> None:
-        """Write a status change (compare-and-swap on the record's rev)."""
+        """Write the record with its outcome (compare-and-swap on its rev; 0: not yet
+        written), then its patient index entry."""
         msg.rev = await self.store.doc_put(MESSAGES, msg.id, msg.to_json(),
                                            expected_rev=msg.rev)
         if msg.patient:
@@ -135,9 +163,26 @@ class MessageLog:
             prefix = (date or "").replace("-", "")
             docs = await self.store.doc_list(MESSAGES, prefix, limit=1_000_000)
             found = [LoggedMessage.from_doc(d.body, d.rev) for d in docs]
+            if status in (None, "received"):
+                found = sorted([*found, *await self._unanswered(found, prefix)],
+                               key=lambda m: m.id)
         found = [m for m in found if (not sender or m.sender == sender)
                  and (not type or m.type == type) and (not status or m.status == status)]
         return found[-limit:] if limit else found
+
+    async def _unanswered(self, records: list[LoggedMessage], prefix: str
+                          ) -> list[LoggedMessage]:
+        """Claimed messages with no record (cut off before their answer), by id prefix."""
+        have = {m.id for m in records}
+        claims = [_claimed(d.body) for d in
+                  await self.store.doc_list(DEDUP, "", limit=1_000_000)]
+        return [c for c in claims if c is not None and c.id.startswith(prefix)
+                and c.id not in have and await self.get(c.id) is None]
+
+
+def _claimed(body: bytes) -> LoggedMessage | None:
+    """The record a dedup claim carries (None: an older claim holding only the id)."""
+    return LoggedMessage.from_doc(body, 0) if body[:1] == b"{" else None
 
 
 def summary(msg: LoggedMessage) -> dict[str, Any]:

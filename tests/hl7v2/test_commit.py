@@ -24,13 +24,19 @@ class Trips:
 
     def __init__(self, store: SqliteResourceStore) -> None:
         self.count = 0
-        self._write = store._write
+        self.reads = 0  # trips to the reader pool
+        self._write, self._read = store._write, store._read
 
         async def counted(fn: Any) -> Any:
             self.count += 1
             return await self._write(fn)
 
+        async def counted_read(fn: Any) -> Any:
+            self.reads += 1
+            return await self._read(fn)
+
         store._write = counted  # type: ignore[method-assign]
+        store._read = counted_read  # type: ignore[method-assign]
 
 
 def sqlite(ix: Interactions) -> SqliteResourceStore:
@@ -48,13 +54,15 @@ async def test_a_small_message_takes_few_writer_trips(inbound: Inbound,
     update = adt("A08", "T2", pid="PID|1||MRN1^^^PRACTICE^MR||Doe^Janet||19800102|F")
     outcome = await inbound.receive(update.encode())
     assert ack.read(outcome.acks[0]).code == "AA", outcome.message.error
-    # message log: record + dedup key, then status + patient index (4 document writes);
-    # the unit: one search per (type, identity kind) group (Patient, Encounter,
-    # Practitioner by identifier; Location by content id) and the COMMIT, whose trip also
-    # carries BEGIN and the buffered puts. No trip per resource: the writes (dispatched
-    # like transaction entries) reuse what the lookups read.
+    # message log: the dedup claim carrying the record as received, then the record with
+    # its outcome and the patient index entry (3 document writes, no read); the unit: one
+    # search per (type, identity kind) group (Patient, Encounter, Practitioner by
+    # identifier; Location by content id) and the COMMIT, whose trip also carries BEGIN
+    # and the buffered puts. No trip per resource: the writes (dispatched like
+    # transaction entries) reuse what the lookups read.
     lookups = 4
-    assert trips.count == 4 + lookups + 1
+    assert trips.count == 3 + lookups + 1
+    assert trips.reads == 0
 
 
 async def test_a_put_based_on_the_units_own_search_is_still_version_checked(

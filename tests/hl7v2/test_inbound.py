@@ -108,6 +108,22 @@ async def test_crash_between_receive_and_ack_is_processed_on_resend(
 
 
 @needs_conditional
+async def test_a_claim_cut_off_before_its_record_is_listed_and_processed_on_resend(
+        inbound: Inbound, ix: Interactions) -> None:
+    raw = adt("A04", "CUT").encode()
+    claimed = inbound.log.new(raw, parser.parse(raw).header)
+    await inbound.log.claim(claimed)  # the key claimed with the raw message, then a crash
+    (waiting,) = await inbound.log.list(status="received")
+    assert waiting.id == claimed.id and waiting.raw_bytes == raw
+    outcome = await inbound.receive(raw)
+    assert not outcome.duplicate and code(outcome.acks) == ["AA"]
+    assert len(await search(ix, "Patient", identifier="MRN1")) == 1
+    (record,) = await inbound.log.list(sender="EHR")
+    assert record.id == claimed.id and record.status == "processed"
+    assert (await inbound.receive(raw)).duplicate
+
+
+@needs_conditional
 async def test_latin1_and_z_segments(inbound: Inbound, ix: Interactions) -> None:
     text = adt("A04", "L1", sender="LATIN", pid="PID|1||MRN9^^^PRACTICE^MR||Müller^José",
                extra="ZPI|1|Grün")
