@@ -22,7 +22,8 @@ most of its time (docs/performance.md, HL7 v2).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -30,8 +31,10 @@ from fhirpm.errors import Category, FhirError
 from fhirpm.fhir import jsonio
 from fhirpm.hl7v2.engine import Link, Mapped, MappedResource, copy_json
 from fhirpm.hl7v2.parser import V2Error
+from fhirpm.repository import reindex
 from fhirpm.repository.interactions import FhirRequest, Interactions
 from fhirpm.repository.service import new_id, now_instant
+from fhirpm.search.parse import SearchParser
 from fhirpm.search.query import Param, RefPred, SearchQuery, TokenPred
 from fhirpm.storage.port import ResourceVersion, UnitOfWork
 
@@ -55,6 +58,7 @@ class _Target:
     res: MappedResource
     stored: ResourceVersion | None  # its current live version, None: a new resource
     id: str
+    stored_body: dict[str, Any] | None = None  # `stored` parsed (once); never changed
     body: dict[str, Any] | None = None  # what will be written (merged, references resolved)
 
     @property
@@ -66,6 +70,8 @@ class Committer:
     def __init__(self, interactions: Interactions, base: str) -> None:
         self.ix = interactions
         self.base = base
+        self._parser: SearchParser | None = None  # for `links:` criteria, see _link_parser
+        self._parser_at = 0.0
 
     async def commit(self, mapped: Mapped) -> list[str]:
         """Write the message's resources in one unit; `Type/id` of each, in message order."""
@@ -84,13 +90,12 @@ class Committer:
     async def _once(self, mapped: Mapped) -> list[str]:
         async with self.ix.repo.unit(None) as unit:
             found = await self._lookup(unit, mapped.resources)
-            targets = {r.key: _Target(r, found[r.key], _target_id(r, found[r.key]))
-                       for r in mapped.resources}
+            targets = {r.key: _Target(r, *found[r.key]) for r in mapped.resources}
             moved = await self._merge_patients(unit, mapped, targets)
             _check_once(targets)
             urls = {t.res.full_url: t.ref for t in targets.values()}
             for t in targets.values():
-                t.body = _resolved(merge(_live_body(t.stored), t.res), urls)
+                t.body = _resolved(merge(t.stored_body, t.res), urls)
                 if t.res.identity is None and t.res.type == "Provenance":
                     t.body["recorded"] = now_instant()  # created anew: when we received it
             await self._links(unit, mapped.links, targets)
@@ -113,27 +118,31 @@ class Committer:
     # -- lookup -----------------------------------------------------------------------
 
     async def _lookup(self, unit: UnitOfWork, resources: list[MappedResource]
-                      ) -> dict[str, ResourceVersion | None]:
-        """The live stored version each resource updates: one search per type and kind of
-        identity (identifiers, or ids, OR-ed), not one per resource."""
+                      ) -> dict[str, tuple[ResourceVersion | None, str,
+                                           dict[str, Any] | None]]:
+        """For each resource: the live stored version it updates, the id it is written
+        under and the stored content parsed; one search per type and kind of identity
+        (identifiers, or ids, OR-ed), not one per resource."""
         groups: dict[tuple[str, str], list[MappedResource]] = {}
         for res in resources:
             if res.identity is not None:
                 kind = "_id" if res.identity.id is not None else "identifier"
                 groups.setdefault((res.identity.type, kind), []).append(res)
-        out: dict[str, ResourceVersion | None] = {r.key: None for r in resources}
+        out = {r.key: (None, _new_id(r), None) for r in resources}
         for (type_, kind), group in groups.items():
             for n in range(0, len(group), LOOKUP_CHUNK):
                 chunk = group[n:n + LOOKUP_CHUNK]
                 result = await unit.search(_identity_query(type_, kind, chunk))
                 bodies = [(v, jsonio.loads(v.body)) for v in result.matches]
                 for res in chunk:
-                    hits = [v for v, body in bodies if _is(v, body, res)]
+                    hits = [(v, body) for v, body in bodies if _is(v, body, res)]
                     if len(hits) > 1:
                         raise V2Error(Category.MULTIPLE_MATCHES, f"{res.identity.url} "
                                       f"matches {len(hits)} resources", hl7_code="205",
                                       segment=res.origin[0], sequence=res.origin[1])
-                    out[res.key] = hits[0] if hits else None
+                    if hits:
+                        (version, body), = hits
+                        out[res.key] = (version, version.id, body)
         return out
 
     # -- writes -----------------------------------------------------------------------
@@ -180,7 +189,7 @@ class Committer:
                 criteria.append((param, ",".join(_escape(v) for v in values)))
             else:
                 found = await self._search(unit, link.type, criteria)
-                stored = _live_body(t.stored) or {}
+                stored = t.stored_body or {}
                 unchanged = all(_same_values(_values(stored, p), _values(t.body, p))
                                 for _, p in link.where)
                 refs = [{"reference": f"{v.type}/{v.id}"} for v in found]
@@ -192,14 +201,24 @@ class Committer:
 
     async def _search(self, unit: UnitOfWork, type_: str,
                       criteria: list[tuple[str, str]]) -> list[ResourceVersion]:
-        from dataclasses import replace
-
-        from fhirpm.repository.search import parse_request
-
-        req = FhirRequest("GET", type_, self.base, tuple(criteria), uow=unit)
-        parsed = await parse_request(self.ix, req, [type_], criteria, strict=True)
-        query = replace(parsed.query, count=REFERRERS_MAX, total="none")
+        parser = await self._link_parser()
+        query = replace(parser.parse([type_], criteria, strict=True).query,
+                        count=REFERRERS_MAX, total="none")
         return list((await unit.search(query)).matches)
+
+    async def _link_parser(self) -> SearchParser:
+        """The search parser for `links:` criteria, as a search request would build it,
+        made again at most once a second (what it learns from the store: which
+        parameters are still being reindexed) rather than per message: asking costs a
+        store read after every commit, and a second is the bound reindex itself gives
+        other nodes (`reindex.RECHECK_SECONDS`)."""
+        now = time.monotonic()
+        if self._parser is None or now - self._parser_at >= reindex.RECHECK_SECONDS:
+            self._parser = SearchParser(self.ix.repo.registry, base=self.base,
+                                        max_count=REFERRERS_MAX,
+                                        pending=await reindex.pending(self.ix))
+            self._parser_at = now
+        return self._parser
 
     # -- A40: patient merge ---------------------------------------------------------------
 
@@ -218,7 +237,7 @@ class Committer:
                 raise V2Error(Category.BUSINESS_RULE, "A40 names the same patient as "
                               "survivor and as merged-away (PID-3 and MRG-1)",
                               hl7_code="205", segment="MRG", sequence=1, position=1)
-            old_body, new_body = _live_body(old.stored) or {}, _live_body(survivor.stored)
+            old_body, new_body = old.stored_body or {}, survivor.stored_body
             gone = {**old.res.body, "active": False}
             if not _links_to(old_body, survivor.id):
                 gone["link"] = [{"other": {"reference": survivor.res.full_url},
@@ -321,9 +340,8 @@ def _identity_query(type_: str, kind: str, chunk: list[MappedResource]) -> Searc
                        count=3 * len(preds) + 1, total="none")
 
 
-def _target_id(res: MappedResource, stored: ResourceVersion | None) -> str:
-    if stored is not None:
-        return stored.id
+def _new_id(res: MappedResource) -> str:
+    """The id of a resource nothing stored matches: its content id, else a new one."""
     if res.identity is not None and res.identity.id is not None:
         return res.identity.id
     return new_id()
@@ -360,9 +378,9 @@ def _unchanged(t: _Target) -> bool:
     """The message changes nothing of a stored resource (a resend, a practitioner or
     location named again): not written at all, as the Repository would store nothing
     either; so it is no write interaction (no request, no audit record, no rule)."""
-    if t.stored is None or t.body is None:
+    if t.stored_body is None or t.body is None:
         return False
-    return _content(t.body) == _content(jsonio.loads(t.stored.body))
+    return _content(t.body) == _content(t.stored_body)
 
 
 def _content(body: dict[str, Any]) -> dict[str, Any]:
@@ -374,13 +392,7 @@ def _content(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _live_body(version: ResourceVersion | None) -> dict[str, Any] | None:
-    return jsonio.loads(version.body) if version is not None else None
-
-
 def _with_body(res: MappedResource, body: dict[str, Any]) -> MappedResource:
-    from dataclasses import replace
-
     return replace(res, body=body)
 
 
