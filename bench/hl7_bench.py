@@ -1,6 +1,7 @@
 """HL7 v2 throughput: the parse-only floor beside sustained inbound over MLLP.
 
     .venv/bin/python -m bench.hl7_bench [--messages 300] [--data ../shared/data/hl7v2]
+        [--sets small,samples] [--connections 4] [--no-audit-on]
 
 Prints, on this machine:
   parse      our tokenizer (every field split), python-hl7 and hl7apy when installed
@@ -9,7 +10,8 @@ Prints, on this machine:
              path, no HTTP, no v2): the ingest rate to compare against
   mllp       messages sent over one MLLP connection, each ACKed after its unit of work
              committed (as deployed: the audit trail on), and again with the audit trail
-             off (the bridge's own cost)
+             off (the bridge's own cost); then spread over `--connections` connections
+             at once (several senders: a lab, the EHR, the scheduler), audit trail off
 Rates: msg/s; resources/s = the resources the messages carry (each looked up, merged and
 written unless unchanged); versions/s = new versions stored (AuditEvents not counted).
 for the kitchen-sink samples (~60 resources each) and for small ADT^A08 / SIU^S12
@@ -126,7 +128,8 @@ def bench_map(messages: list[bytes]) -> None:
     timed("parse + map (Bundle built)", len(messages), time.perf_counter() - start, resources)
 
 
-async def bench_store(messages: list[bytes], label: str) -> None:
+async def bench_store(messages: list[bytes], label: str, connections: int = 4,
+                      audit_on: bool = True) -> None:
     from fhirpm.app import build_interactions
     from fhirpm.config import Settings
     from fhirpm.repository.conditional import find_matches
@@ -162,10 +165,16 @@ async def bench_store(messages: list[bytes], label: str) -> None:
               await data_versions(store) - warm_versions, cpu)
         await store.close()
     for audit in (True, False):
-        await bench_mllp(messages, label, carried, audit)
+        if audit_on or not audit:
+            await bench_mllp(messages, label, carried, audit)
+    if connections > 1:
+        await bench_mllp(messages, label, carried, False, connections)
 
 
-async def bench_mllp(messages: list[bytes], label: str, carried: int, audit: bool) -> None:
+async def bench_mllp(messages: list[bytes], label: str, carried: int, audit: bool,
+                     connections: int = 1) -> None:
+    """`connections` senders at once, each sending its share in order, one message in
+    flight per connection (each waits for its ACK)."""
     from fhirpm.app import build_interactions
     from fhirpm.config import Hl7Settings, Settings
     from fhirpm.hl7v2.bridge import Bridge
@@ -185,13 +194,21 @@ async def bench_mllp(messages: list[bytes], label: str, carried: int, audit: boo
             async with MllpClient("127.0.0.1", bridge.server.port) as client:
                 for raw in messages[:WARM]:
                     await client.send(raw)
-                warm_versions = await data_versions(store)
-                start, cpu = time.perf_counter(), time.process_time()
-                for raw in messages[WARM:]:
-                    await client.send(raw)
-                seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+            warm_versions = await data_versions(store)
+            timed_part = messages[WARM:]
+
+            async def sender(share: list[bytes]) -> None:
+                async with MllpClient("127.0.0.1", bridge.server.port) as client:
+                    for raw in share:
+                        await client.send(raw)
+
+            start, cpu = time.perf_counter(), time.process_time()
+            await asyncio.gather(*(sender(timed_part[n::connections])
+                                   for n in range(connections)))
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
             what = "audit on" if audit else "audit off"
-            timed(f"MLLP, ACK after commit, {what}", len(messages) - WARM, seconds, carried,
+            how = f"{connections} connections" if connections > 1 else "ACK after commit"
+            timed(f"MLLP, {how}, {what}", len(timed_part), seconds, carried,
                   await data_versions(store) - warm_versions, cpu)
         finally:
             await bridge.stop()
@@ -202,25 +219,36 @@ def main() -> None:
     here = Path(__file__).resolve().parents[1]
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--messages", type=int, default=300)
+    ap.add_argument("--sets", default="samples,small",
+                    help="which messages: samples (kitchen-sink), small, or both")
+    ap.add_argument("--connections", type=int, default=4,
+                    help="senders at once for the last MLLP row (1: no such row)")
+    ap.add_argument("--no-audit-on", action="store_true",
+                    help="skip the MLLP row with the audit trail on")
     ap.add_argument("--data", default=os.environ.get(
         "FHIRPM_SHARED_DATA", str(here.parent / "shared" / "data")) + "/hl7v2")
     args = ap.parse_args()
+    sets = set(args.sets.split(","))
     data = Path(args.data)
     print(f"HL7 v2 bench, {args.messages} messages per row, cpus={os.cpu_count()}, "
           f"load average {os.getloadavg()[0]:.1f}")
-    if data.is_dir():
+    if "samples" not in sets:
+        pass
+    elif data.is_dir():
         big = sample_messages(data, args.messages)
         print(f"kitchen-sink samples (avg {sum(map(len, big)) // len(big)} bytes):")
         bench_parse(big)
         bench_map(big)
-        asyncio.run(bench_store(big, "samples"))
+        asyncio.run(bench_store(big, "samples", args.connections, not args.no_audit_on))
     else:
         print(f"no samples at {data}: kitchen-sink rows skipped")
+    if "small" not in sets:
+        return
     small = small_messages(args.messages)
     print("small ADT^A08 / SIU^S12:")
     bench_parse(small)
     bench_map(small)
-    asyncio.run(bench_store(small, "small"))
+    asyncio.run(bench_store(small, "small", args.connections, not args.no_audit_on))
 
 
 if __name__ == "__main__":
