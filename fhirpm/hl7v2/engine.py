@@ -354,31 +354,34 @@ class _Run:
 
     def _apply_rules(self, res: MappedResource, rules: Any, seg: Segment) -> None:
         self.segment = seg  # functions may read sibling fields (SCH-10 units of SCH-9)
-        for rule in rules:
-            if "value" in rule and "f" not in rule:
-                if _condition(rule.get("when"), lambda n: seg.field(n)):
-                    _set(res.body, rule["path"], copy_json(rule["value"]))
+        for r in _compiled(rules):
+            rule = r.rule
+            if r.constant:
+                if r.when is None or _condition(r.when, seg.field):
+                    _set(res.body, r.path, copy_json(rule["value"]))
                 continue
-            reps = seg.field(rule["f"])
-            if not reps or not _condition(rule.get("when"), lambda n: seg.field(n)):
+            if not seg.raw(r.f):  # an empty field: nothing to split or convert
                 continue
-            if "value" in rule:
+            reps = seg.field(r.f)
+            if r.when is not None and not _condition(r.when, seg.field):
+                continue
+            if r.has_value:
                 if reps != [[[NULL]]]:
-                    _set(res.body, rule["path"], copy_json(rule["value"]))
+                    _set(res.body, r.path, copy_json(rule["value"]))
                 continue
             if reps == [[[NULL]]]:
-                res.deletes.add(_top(rule["path"]))
+                res.deletes.add(r.top)
                 continue
-            if "[]" not in rule["path"] and not rule.get("repeat"):
+            if not r.repeats:
                 reps = reps[:1]
             for n, rep in enumerate(reps):
                 value = self._convert(rule, rep)
                 if value is None:
                     continue
-                if "key" in rule and n == 0:
+                if r.has_key and n == 0:
                     self.keys.setdefault(res.key, []).append((rule["key"], value))
-                _set(res.body, rule["path"], value, rule.get("with"))
-            res.deletes.discard(_top(rule["path"]))
+                _set(res.body, r.path, value, r.with_)
+            res.deletes.discard(r.top)
 
     def _convert(self, rule: dict[str, Any], comps: Comps) -> Any:
         if "ref" in rule:
@@ -416,37 +419,37 @@ class _Run:
         def present(n: int) -> str:
             return _comp(comps, n)
 
-        for rule in dmap.get("rules", ()):
-            c = rule.get("c")
+        rules, constants = _compiled_datatype(dmap.get("rules", ()))
+        for r in rules:
+            rule, c = r.rule, r.c
             if c is not None and c > size:
                 continue  # the component is not there: nothing to read
-            if "when" in rule and not _condition(rule["when"], present):
+            if r.when is not None and not _condition(r.when, present):
                 continue
             if c is None:
-                if "fn" in rule:
-                    value = FUNCTIONS[rule["fn"]](self, comps, rule)
+                if r.fn is not None:
+                    value = r.fn(self, comps, rule)
                     if value is not None:
-                        _set(out, rule["path"], value)
+                        _set(out, r.path, value)
                 continue
-            sub = _sub_comps(comps, rule["c"])
-            if "sub" in rule:  # one subcomponent (SAD.2 street name inside XAD.1)
-                sub = sub[rule["sub"] - 1:rule["sub"]]
+            sub = _sub_comps(comps, c)
+            if r.sub is not None:  # one subcomponent (SAD.2 street name inside XAD.1)
+                sub = sub[r.sub - 1:r.sub]
             if not any(s[0] for s in sub) or sub == [[NULL]]:
                 continue
-            if "value" in rule:
-                _set(out, rule["path"], copy_json(rule["value"]))
+            if r.has_value:
+                _set(out, r.path, copy_json(rule["value"]))
                 continue
-            value = (FUNCTIONS[rule["fn"]](self, sub, rule) if "fn" in rule
-                     else self._typed(rule.get("type", "string"), sub, rule.get("vocab")))
+            value = (r.fn(self, sub, rule) if r.fn is not None
+                     else self._typed(r.type, sub, r.vocab))
             if value is None:
                 continue
-            _set(out, rule["path"], value)
+            _set(out, r.path, value)
             got_data = True
         if not got_data:
             return {}
-        for rule in dmap.get("rules", ()):
-            if "c" not in rule and "fn" not in rule and "value" in rule and _condition(
-                    rule.get("when"), lambda n: _comp(comps, n)):
+        for rule in constants:
+            if _condition(rule.get("when"), present):
                 _set(out, rule["path"], copy_json(rule["value"]))
         out = _compact(out)
         return out.get("value", {}) if dmap.get("scalar") else out
@@ -598,6 +601,95 @@ class _Run:
         for ident in body.get("identifier") or ():
             if isinstance(ident, dict) and ident.get("value") and not ident.get("system"):
                 ident["system"] = self.local_system
+
+
+# -- segment rules, read once per mapping file ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """A segment rule's keys looked up once (the rule itself is kept for functions)."""
+
+    rule: dict[str, Any]
+    f: int
+    path: str
+    top: str
+    when: dict[str, Any] | None
+    constant: bool  # `value` without `f`: set whatever the segment says
+    has_value: bool
+    repeats: bool  # every repetition is mapped (`a[]` paths, `repeat`)
+    has_key: bool
+    with_: dict[str, Any] | None
+
+
+_COMPILED: dict[int, tuple[Any, tuple[_Rule, ...]]] = {}
+
+
+def _compiled(rules: Any) -> tuple[_Rule, ...]:
+    """A segment map's rules, compiled once per rules list (the loaded mapping files are
+    kept for the process, so their identity is stable; the list is kept beside its
+    compiled form so that a recycled id can never match)."""
+    found = _COMPILED.get(id(rules))
+    if found is not None and found[0] is rules:
+        return found[1]
+    out = []
+    for rule in rules:
+        constant = "value" in rule and "f" not in rule
+        path = rule["path"]
+        out.append(_Rule(rule, rule.get("f", 0) if constant else rule["f"], path, _top(path),
+                         rule.get("when") or None, constant, "value" in rule,
+                         "[]" in path or bool(rule.get("repeat")), "key" in rule,
+                         rule.get("with")))
+    compiled = tuple(out)
+    _COMPILED[id(rules)] = (rules, compiled)
+    return compiled
+
+
+@dataclass(frozen=True, slots=True)
+class _DatatypeRule:
+    """A datatype rule's keys looked up once (`fn` resolved to its function)."""
+
+    rule: dict[str, Any]
+    c: int | None
+    path: str
+    when: dict[str, Any] | None
+    fn: Callable[..., Any] | None
+    sub: int | None
+    has_value: bool
+    type: str
+    vocab: str | None
+
+
+_COMPILED_DATATYPES: dict[int, tuple[Any, tuple[tuple[_DatatypeRule, ...],
+                                                tuple[dict[str, Any], ...]]]] = {}
+
+
+def _compiled_datatype(rules: Any) -> tuple[tuple[_DatatypeRule, ...],
+                                             tuple[dict[str, Any], ...]]:
+    """A datatype map's rules compiled once (as `_compiled`), and its constants: rules
+    with a `value` and neither `c` nor `fn`, applied once the datatype has data."""
+    found = _COMPILED_DATATYPES.get(id(rules))
+    if found is not None and found[0] is rules:
+        return found[1]
+    compiled = tuple(_DatatypeRule(
+        rule, rule.get("c"), rule["path"], rule.get("when") if "when" in rule else None,
+        _function(rule["fn"]) if "fn" in rule else None, rule.get("sub"), "value" in rule,
+        rule.get("type", "string"), rule.get("vocab")) for rule in rules)
+    constants = tuple(rule for rule in rules
+                      if "c" not in rule and "fn" not in rule and "value" in rule)
+    _COMPILED_DATATYPES[id(rules)] = (rules, (compiled, constants))
+    return compiled, constants
+
+
+def _function(name: str) -> Callable[..., Any]:
+    """`fn:` by name; an unknown name fails where it is used, as a mapping error."""
+    found = FUNCTIONS.get(name)
+    if found is not None:
+        return found
+
+    def unknown(*args: Any) -> Any:
+        raise KeyError(name)
+    return unknown
 
 
 # -- conditions, paths ---------------------------------------------------------------------
