@@ -37,6 +37,16 @@ class _Clock:
     def __init__(self) -> None:
         self._second = -1
         self._prefix = ""
+        self._millis = -1
+        self._now = ""
+
+    def now(self) -> str:
+        """The current time's stamp (the same text for every call within a millisecond)."""
+        millis = time.time_ns() // 1_000_000
+        if millis != self._millis:
+            self._millis = millis
+            self._now = self.stamp(*divmod(millis, 1000))
+        return self._now
 
     def stamp(self, second: int, millis: int) -> str:
         if second != self._second:
@@ -159,12 +169,30 @@ class AccessLine:
                                        (), None, extra=fields)
             logger.handle(record)
             return
-        now = time.time_ns()
-        second, rest = divmod(now, 1_000_000_000)
-        out = {"ts": self._clock.stamp(second, rest // 1_000_000), "level": "info",
-               "logger": logger.name, "msg": msg}
+        out = {"ts": self._clock.now(), "level": "info", "logger": logger.name, "msg": msg}
         out.update(fields)
         handler.write_line(orjson.dumps(out, default=str).decode())
+
+    def request(self, request_id: str, method: str, path: str, status: int,
+                duration_ms: float, client: str | None, interaction: str) -> None:
+        """The access line of one HTTP request: `line(f"{method} {path} {status}", {...})`
+        with these fields, rendered from one dict in the line's own key order (all values
+        are JSON types, so no fallback serialiser either)."""
+        logger = self.logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        msg = f"{method} {path} {status}"
+        handler = self._only_handler()
+        if handler is None:
+            self.line(msg, {"request_id": request_id, "method": method, "path": path,
+                            "status": status, "duration_ms": duration_ms, "client": client,
+                            "interaction": interaction})
+            return
+        handler.write_line(orjson.dumps({
+            "ts": self._clock.now(), "level": "info", "logger": logger.name, "msg": msg,
+            "request_id": request_id, "method": method, "path": path, "status": status,
+            "duration_ms": duration_ms, "client": client, "interaction": interaction,
+        }).decode())
 
     def _only_handler(self) -> JsonLinesHandler | None:
         """The JsonLinesHandler that alone would see this logger's INFO records, if any."""

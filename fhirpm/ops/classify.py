@@ -20,6 +20,18 @@ _INSTANCE = {"GET": "read", "HEAD": "read", "PUT": "update", "PATCH": "patch",
 def classify(method: str, path: str, mount: str = "/fhir",
              label: str | None = None) -> tuple[str, str]:
     """(interaction, resource type or "") for a request."""
+    n = len(mount)
+    if path.startswith(mount) and path[n:n + 1] == "/":  # one resource: "/fhir/Patient/1"
+        first, slash, second = path[n + 1:].partition("/")
+        if (slash and first and second and "/" not in second and "$" not in first
+                and "$" not in second and second[0] != "_" and method != "OPTIONS"
+                and first != ".well-known"):
+            return _INSTANCE.get(method, "other"), _type(first)
+    return _walk(method, path, mount, label)
+
+
+def _walk(method: str, path: str, mount: str, label: str | None) -> tuple[str, str]:
+    """`classify` without its short cut: every path's general answer."""
     if not path.startswith(mount) or path[len(mount):len(mount) + 1] not in ("", "/"):
         if path in OPS_PATHS:
             return "ops", ""

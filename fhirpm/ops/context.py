@@ -30,6 +30,7 @@ class Exchange:
     scheme: str
     label: str | None = None  # an interaction named by the handler (batch | transaction)
     timed_out: bool = False  # the time limit cancelled it (fhirpm.ops.deadline)
+    status: int = 0  # the response's status once it has started; 0 until then
 
 
 _current: ContextVar[Exchange | None] = ContextVar("fhirpm_exchange", default=None)

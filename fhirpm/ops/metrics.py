@@ -131,13 +131,66 @@ class Gauge:
         return lines
 
 
+class Requests:
+    """Requests counted by labels and status, and their latency by labels, kept as one row
+    per (labels, status): recording a request is one dict lookup, a bisection and two
+    additions. Scrapes render the two families (`_total` by labels and status, the
+    histogram by labels) as a Counter and a Histogram would."""
+
+    def __init__(self, count: Counter, latency: Histogram) -> None:
+        self.count = count
+        self.latency = latency
+        self.buckets = latency.buckets
+        self.rows: dict[tuple[str, str, int], list[float]] = {}
+
+    def record(self, interaction: str, type_: str, status: int, seconds: float) -> None:
+        row = self.rows.get((interaction, type_, status))
+        if row is None:
+            row = self.rows[(interaction, type_, status)] = [0.0] * (len(self.buckets) + 2)
+        row[bisect_left(self.buckets, seconds)] += 1
+        row[-1] += seconds
+
+    def render_count(self) -> list[str]:
+        counter = Counter(self.count.name, self.count.help, self.count.labels)
+        for (interaction, type_, status), row in self.rows.items():
+            counter.inc((interaction, type_, str(status)), sum(row[:-1]))
+        return counter.render()
+
+    def render_latency(self) -> list[str]:
+        histogram = Histogram(self.latency.name, self.latency.help, self.latency.labels,
+                              self.buckets)
+        merged = histogram.series
+        for (interaction, type_, _), row in self.rows.items():
+            into = merged.setdefault((interaction, type_), [0.0] * len(row))
+            for n, value in enumerate(row):
+                into[n] += value
+        return histogram.render()
+
+
+@dataclass
+class _Rendered:
+    """A family whose lines another object renders (the two halves of `Requests`)."""
+
+    name: str
+    render: Callable[[], list[str]]
+
+
 class Registry:
     """Every metric family of one app; names are unique."""
 
     def __init__(self) -> None:
-        self._families: dict[str, Counter | Histogram | Gauge] = {}
+        self._families: dict[str, Counter | Histogram | Gauge | _Rendered] = {}
 
-    def _add[M: (Counter, Histogram, Gauge)](self, family: M) -> M:
+    def requests(self, count: tuple[str, str], latency: tuple[str, str],
+                 labels: Labels) -> Requests:
+        """A request counter (`labels` + status) and latency histogram (`labels`):
+        (name, help) each."""
+        found = Requests(Counter(*count, (*labels, "status")), Histogram(*latency, labels))
+        self._add(_Rendered(count[0], found.render_count))
+        self._add(_Rendered(latency[0], found.render_latency))
+        return found
+
+    def _add[M: (Counter, Histogram, Gauge, _Rendered)](self, family: M) -> M:
         if family.name in self._families:
             raise ValueError(f"metric {family.name} is already registered")
         self._families[family.name] = family

@@ -40,23 +40,19 @@ _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-
 _MAX_LOGIN_FORM = 64 * 1024
 
 
-class _Answer:
-    """What the app answered, as far as the middleware saw it."""
-
-    __slots__ = ("started", "status")
-
-    def __init__(self) -> None:
-        self.status = 0
-        self.started = False
-
-
 class EdgeMiddleware:
     def __init__(self, app: Any, ops: Ops) -> None:
         self.app = app
         self.ops = ops
         self.mount = ops.mount
+        self.fhir_prefix = ops.mount + "/"
         self.auth_prefix = ops.auth_mount + "/"
         self.access_line = AccessLine(access, annotators=(context.RequestIdFilter,))
+        # what every request consults, looked up once (the objects themselves may change)
+        self.proxies = ops.proxies if ops.proxies else None
+        self.deadlines = ops.deadlines
+        self.requests = ops.requests
+        self.hsts = ops.hsts
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -66,38 +62,39 @@ class EdgeMiddleware:
         headers = dict(scope["headers"])  # one C-level pass; names are lower-case
         connection = scope.get("client")
         client = connection[0] if connection else None
-        if self.ops.proxies and _FORWARDED & headers.keys() and self.ops.proxies.trusts(client):
+        if self.proxies is not None and _FORWARDED & headers.keys() and (
+                self.proxies.trusts(client)):
             scope = self.ops.believe_forwarded(scope, client, headers)
             client = scope["client"][0] if scope.get("client") else None
-        origin = headers.get(b"origin")
         exchange = context.Exchange(context.request_id(headers.get(b"x-request-id")),
                                     scope["method"], scope["path"], client,
                                     scope.get("scheme", "http"))
         token = context._current.set(exchange)
-        answer = _Answer()
-        self.ops.in_flight += 1
+        ops = self.ops
+        ops.in_flight += 1
         try:
-            await self._serve(scope, receive, send, exchange, origin, answer)
+            await self._serve(scope, receive, send, exchange, headers.get(b"origin"))
         finally:
             context._current.reset(token)
-            self.ops.in_flight -= 1
-            self._record(exchange, answer, perf_counter() - start)
+            ops.in_flight -= 1
+            self._record(exchange, perf_counter() - start)
 
     async def _serve(self, scope: Scope, receive: Any, send: Any, exchange: context.Exchange,
-                     origin: bytes | None, answer: _Answer) -> None:
+                     origin: bytes | None) -> None:
         ops = self.ops
         path = exchange.path
         cors: list[tuple[bytes, bytes]] | None = None
-        deadlines = ops.deadlines
+        deadlines = self.deadlines
+        edge_headers = self._headers
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
-                answer.status = message["status"]
-                answer.started = True
+                exchange.status = message["status"]
                 if deadlines is not None:
                     deadlines.stop(exchange)  # the time limit is until the response starts
-                message = {**message, "headers": self._headers(
-                    message.get("headers") or [], exchange, cors)}
+                # in place, as Starlette's own middleware does: the dict is the app's
+                # message, made for this call
+                message["headers"] = edge_headers(message.get("headers") or [], exchange, cors)
             await send(message)
 
         if origin is not None and ops.cors is not None and self._is_fhir(path):
@@ -107,30 +104,31 @@ class EdgeMiddleware:
                 return
             if allowed:
                 cors = ops.cors.response_headers(origin)
-        rule = ops.limiter.rule_for(exchange.method, path) if ops.limiter else None
-        if rule is not None:
-            receive, refused = await self._limit(rule, scope, receive, exchange)
-            if refused is not None:
-                await refused(scope, receive, send_wrapper)
-                return
+        if exchange.method == "POST" and ops.limiter is not None:
+            rule = ops.limiter.rule_for("POST", path)
+            if rule is not None:
+                receive, refused = await self._limit(rule, scope, receive, exchange)
+                if refused is not None:
+                    await refused(scope, receive, send_wrapper)
+                    return
         if deadlines is not None:
             deadlines.start(exchange)
         try:
             await self.app(scope, receive, send_wrapper)
         except asyncio.CancelledError:
-            if not exchange.timed_out or answer.started:
+            if not exchange.timed_out or exchange.status:
                 raise
         except Exception:
             log.exception("unhandled error on %s %s", exchange.method, path)
-            if answer.started:
+            if exchange.status:
                 raise
             err = FhirError(Category.INTERNAL, "Internal server error; see the server log "
                             f"(request {exchange.request_id})")
             await error_response(err)(scope, receive, send_wrapper)
         finally:
-            if deadlines is not None and not answer.started:
+            if deadlines is not None and not exchange.status:
                 deadlines.stop(exchange)
-        if exchange.timed_out and not answer.started:
+        if exchange.timed_out and not exchange.status:
             await self._timed_out(scope, receive, send_wrapper, exchange)
 
     async def _timed_out(self, scope: Scope, receive: Any, send: Any,
@@ -145,7 +143,7 @@ class EdgeMiddleware:
         await error_response(_timed_out(limit))(scope, receive, send)
 
     def _is_fhir(self, path: str) -> bool:
-        return path == self.mount or path.startswith(self.mount + "/")
+        return path == self.mount or path.startswith(self.fhir_prefix)
 
     async def _preflight(self, scope: Scope, receive: Any, send: Any, origin: bytes,
                          allowed: bool) -> None:
@@ -180,31 +178,27 @@ class EdgeMiddleware:
         out = [*headers, (b"x-request-id", exchange.request_id.encode())]
         if b"x-content-type-options" not in present:
             out.append(_NOSNIFF)
-        if exchange.scheme == "https" and self.ops.hsts and (
+        if self.hsts and exchange.scheme == "https" and (
                 b"strict-transport-security" not in present):
-            out.append((b"strict-transport-security", self.ops.hsts))
+            out.append((b"strict-transport-security", self.hsts))
         if cors is not None and b"access-control-allow-origin" not in present:
             out.extend(cors)
         if exchange.path.startswith(self.auth_prefix):
             out.extend(_auth_headers(present))
         return out
 
-    def _record(self, exchange: context.Exchange, answer: _Answer, seconds: float) -> None:
-        ops = self.ops
+    def _record(self, exchange: context.Exchange, seconds: float) -> None:
         interaction, type_ = classify(exchange.method, exchange.path, self.mount,
                                       exchange.label)
-        status = answer.status if answer.started else 499  # the client went away
-        ops.requests.inc((interaction, type_, str(status)))
-        ops.latency.observe((interaction, type_), seconds)
-        if not ops.access_log:
+        status = exchange.status or 499  # no response started: the client went away
+        self.requests.record(interaction, type_, status, seconds)
+        if not self.ops.access_log:
             return
-        if exchange.path in OPS_PATHS and status < 400:
+        if status < 400 and exchange.path in OPS_PATHS:
             return  # probes and scrapes every few seconds would drown the log
         # the path only: query strings carry search terms, which may be patient data
-        self.access_line.line(f"{exchange.method} {exchange.path} {status}", {
-            "request_id": exchange.request_id, "method": exchange.method,
-            "path": exchange.path, "status": status, "duration_ms": round(seconds * 1000, 3),
-            "client": exchange.client, "interaction": interaction})
+        self.access_line.request(exchange.request_id, exchange.method, exchange.path, status,
+                                 round(seconds * 1000, 3), exchange.client, interaction)
 
 
 def _is_preflight(scope: Scope) -> bool:

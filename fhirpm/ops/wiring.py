@@ -58,12 +58,11 @@ class Ops:
         self.readiness = Readiness()
         self.lifecycle = Lifecycle()
         self.metrics = registry = Registry()
-        self.requests = registry.counter(
-            "fhirpm_http_requests_total", "HTTP requests by FHIR interaction, resource type "
-            "and status", ("interaction", "type", "status"))
-        self.latency = registry.histogram(
-            "fhirpm_http_request_duration_seconds", "HTTP request latency by FHIR interaction "
-            "and resource type", ("interaction", "type"))
+        self.requests = registry.requests(
+            ("fhirpm_http_requests_total", "HTTP requests by FHIR interaction, resource type "
+             "and status"),
+            ("fhirpm_http_request_duration_seconds", "HTTP request latency by FHIR "
+             "interaction and resource type"), ("interaction", "type"))
         self.in_flight = 0
         registry.callback("fhirpm_http_requests_in_flight", "HTTP requests being served", (),
                           lambda: [((), float(self.in_flight))])
