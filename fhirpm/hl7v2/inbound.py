@@ -17,6 +17,7 @@ change can be lost.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -75,12 +76,15 @@ class Inbound:
             return Outcome([self._ack(h, "AE", _busy())])  # its first copy is still running
         self._in_flight.add(key)
         try:
-            record = await self._claim(raw, h, peer)
+            claim = asyncio.ensure_future(self._claim(raw, h, peer))
+            await asyncio.sleep(0)  # the claim is on its way to the store's writer thread:
+            mapped = self._map(msg)  # map meanwhile (discarded if it is a resend)
+            record = await claim
             if record.status in FINAL:
                 log.info("hl7 duplicate answered from the log",
                          extra={"control_id": h.control_id, "sender": h.sending_application})
                 return Outcome(record.acks, record, duplicate=True)
-            return await self.process(record, msg, early)
+            return await self.process(record, msg, early, mapped)
         except _Busy:  # the same message arrived twice at once on two connections
             return Outcome([self._ack(h, "AE", _busy())])
         finally:
@@ -104,10 +108,23 @@ class Inbound:
             raise _Busy()
         return previous
 
+    def _map(self, msg: Message) -> Mapped | Exception:
+        """The message mapped, or why it could not be (raised by `process`, in order)."""
+        try:
+            return self.engine.map(msg, self._options(msg.header))
+        except Exception as exc:
+            return exc
+
+    def _options(self, h: Header) -> Options:
+        sender = self.settings.sender(h.sending_application, h.sending_facility)
+        return Options(timezone=sender.timezone, authorities=dict(sender.authorities))
+
     async def process(self, record: LoggedMessage, msg: Message,
-                      early: Early | None = None) -> Outcome:
-        """Map and commit a logged message, then record and return its ACKs (an accept
-        ACK already given to `early` is not returned again, but is logged)."""
+                      early: Early | None = None,
+                      mapped: Mapped | Exception | None = None) -> Outcome:
+        """Map (unless `mapped` is given) and commit a logged message, then record and
+        return its ACKs (an accept ACK already given to `early` is not returned again,
+        but is logged)."""
         h = msg.header
         acks: list[str] = []
         sent_early: list[str] = []
@@ -119,11 +136,12 @@ class Inbound:
             else:
                 acks.append(accept)
         record.attempts += 1
-        sender = self.settings.sender(h.sending_application, h.sending_facility)
-        options = Options(timezone=sender.timezone, authorities=dict(sender.authorities))
         try:
             try:
-                mapped = self.engine.map(msg, options)
+                if mapped is None:
+                    mapped = self.engine.map(msg, self._options(h))
+                elif isinstance(mapped, Exception):
+                    raise mapped
                 written = await self.commit(mapped)
             except FhirError:
                 raise

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,13 +66,14 @@ class LoggedMessage:
         return f"{self.sender}|{self.facility}|{self.control_id}" if self.control_id else None
 
     def to_json(self) -> bytes:
-        body = asdict(self)
-        body.pop("rev")
-        return orjson.dumps(body)
+        return orjson.dumps({name: getattr(self, name) for name in _STORED})
 
     @classmethod
     def from_doc(cls, body: bytes, rev: int) -> LoggedMessage:
         return cls(**orjson.loads(body), rev=rev)
+
+
+_STORED = tuple(f.name for f in fields(LoggedMessage) if f.name != "rev")  # the JSON record
 
 
 def new_id(now: datetime | None = None) -> str:
