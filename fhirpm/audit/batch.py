@@ -19,18 +19,18 @@ from typing import Any
 
 log = logging.getLogger("fhirpm.audit")
 
-Writer = Callable[[list[dict[str, Any]]], Awaitable[None]]
+Writer = Callable[[list[Any]], Awaitable[None]]  # the records of one group
 
 
 class GroupCommit:
     def __init__(self, writer: Writer, *, max_events: int = 500) -> None:
         self._writer = writer
         self._max = max_events
-        self._queue: deque[tuple[Sequence[dict[str, Any]], asyncio.Future[None]]] = deque()
+        self._queue: deque[tuple[Sequence[Any], asyncio.Future[None]]] = deque()
         self._flusher: asyncio.Task[None] | None = None
         self.groups = 0  # committed groups (diagnostics, tests)
 
-    async def submit(self, events: Sequence[dict[str, Any]]) -> None:
+    async def submit(self, events: Sequence[Any]) -> None:
         """Store `events`; returns once they are committed, raises if they could not be."""
         if not events:
             return
@@ -40,7 +40,7 @@ class GroupCommit:
             self._flusher = asyncio.create_task(self._flush(), name="audit-group-commit")
         await asyncio.shield(future)  # a cancelled request must not cancel the group
 
-    def enqueue(self, events: Sequence[dict[str, Any]]) -> asyncio.Future[None] | None:
+    def enqueue(self, events: Sequence[Any]) -> asyncio.Future[None] | None:
         """Queue `events` without waiting (for callers that must not wait: see Recorder)."""
         if not events:
             return None
@@ -58,7 +58,7 @@ class GroupCommit:
 
     async def _flush(self) -> None:
         while self._queue:
-            group: list[tuple[Sequence[dict[str, Any]], asyncio.Future[None]]] = []
+            group: list[tuple[Sequence[Any], asyncio.Future[None]]] = []
             size = 0
             while self._queue and (not group or size + len(self._queue[0][0]) <= self._max):
                 item = self._queue.popleft()

@@ -50,15 +50,12 @@ def _run(run: Callable[..., Awaitable[int]], args: argparse.Namespace,
 async def _with_trail(run: Callable[..., Awaitable[int]], args: argparse.Namespace,
                       settings: Settings) -> int:
     from fhirpm.audit.wiring import trail_for
-    from fhirpm.search.extract import RegistryIndexer
-    from fhirpm.search.registry import Registry
     from fhirpm.storage.factory import store_from_settings
 
     store = store_from_settings(settings)
-    indexer = RegistryIndexer(Registry.load_default(), local_base=settings.fhir_base)
     await store.open()
     try:
-        return await run(trail_for(store, indexer, settings.audit), args, settings)
+        return await run(trail_for(store, settings.audit), args, settings)
     finally:
         await store.close()
 

@@ -18,14 +18,14 @@ import hmac
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import orjson
 
-from fhirpm.audit import chain
+from fhirpm.audit import chain, record
 from fhirpm.audit.chain import Anchor
-from fhirpm.audit.trail import CHECKPOINT, DOCS, TYPE, Checkpoint, Trail, event_id
+from fhirpm.audit.trail import CHECKPOINT, DOCS, Checkpoint, Trail
 from fhirpm.fhir import jsonio
+from fhirpm.storage.port import AuditEntry, AuditSpan
 
 _CHUNK = 500
 
@@ -80,32 +80,20 @@ async def verify(trail: Trail) -> Report:
         return Report(False, 0, cp.anchor, cp.anchor, problem, cp.anchor.seq)
     last = cp.anchor
     checked = 0
-    chunk: list[dict[str, Any]] = []
-    async for seq, event in trail.events(after=cp.anchor.seq):
-        if event is None:
-            verdict = _verify_chunk(chunk, last, trail.key)
-            if not verdict.ok:
-                return Report(False, checked + verdict.checked, cp.anchor, verdict.last,
-                              verdict.problem, verdict.at_seq)
-            return Report(False, checked + verdict.checked, cp.anchor, verdict.last,
-                          f"event seq {seq} is missing", seq)
-        chunk.append(event)
+    chunk: list[AuditEntry] = []
+    async for entry in trail.entries(after=cp.anchor.seq):
+        chunk.append(entry)
         if len(chunk) >= _CHUNK:
-            verdict = _verify_chunk(chunk, last, trail.key)
+            verdict = chain.verify(chunk, last, trail.key)
             if not verdict.ok:
                 return Report(False, checked + verdict.checked, cp.anchor, verdict.last,
                               verdict.problem, verdict.at_seq)
             checked += verdict.checked
             last = verdict.last
             chunk = []
-    verdict = _verify_chunk(chunk, last, trail.key)
+    verdict = chain.verify(chunk, last, trail.key)
     return Report(verdict.ok, checked + verdict.checked, cp.anchor, verdict.last,
                   verdict.problem, verdict.at_seq)
-
-
-def _verify_chunk(events: list[dict[str, Any]], after: Anchor,
-                  key: bytes | None) -> chain.Verdict:
-    return chain.verify(events, after, key)
 
 
 # -- retention ----------------------------------------------------------------------------
@@ -124,31 +112,36 @@ class Purged:
 
 
 async def purge(trail: Trail, before: str) -> Purged:
-    """Remove the chain's prefix of events recorded before `before` (a FHIR instant)."""
+    """Remove the chain's prefix of records recorded before `before` (a FHIR instant)."""
     cp, problem = await _checkpoint_ok(trail)
     if problem is not None:
         return Purged(0, cp.anchor, problem)
     removed = 0
     last = cp.anchor
     while True:
-        batch: list[dict[str, Any]] = []
-        async for _seq, event in trail.events(after=last.seq):
-            if event is None or str(event.get("recorded", "")) >= before:
-                break
-            batch.append(event)
-            if len(batch) >= _CHUNK:
-                break
+        batch = [e for e in await trail.store.audit_list(AuditSpan(after=last.seq,
+                                                                   limit=_CHUNK))
+                 if e.recorded < before]
+        batch = batch[:_prefix_length(batch, last.seq)]
         if not batch:
-            return Purged(removed, last)
+            break
         verdict = chain.verify(batch, last, trail.key)
         if not verdict.ok:  # never purge what does not verify: it is the evidence
             return Purged(removed, last, f"seq {verdict.at_seq}: {verdict.problem}")
-        head = verdict.last
-        await _move_checkpoint(trail, head, before)
-        await trail.store.expunge(TYPE, [event_id(s) for s in range(last.seq + 1,
-                                                                     head.seq + 1)])
+        await _move_checkpoint(trail, verdict.last, before)
+        await trail.store.audit_purge(verdict.last.seq)
         removed += len(batch)
-        last = head
+        last = verdict.last
+    return Purged(removed, last)
+
+
+def _prefix_length(batch: list[AuditEntry], after: int) -> int:
+    """How many of `batch` continue the chain's prefix without a gap (recorded times
+    can interleave across nodes: the purge stops at the first record it must keep)."""
+    for n, entry in enumerate(batch):
+        if entry.seq != after + n + 1:
+            return n
+    return len(batch)
 
 
 async def _move_checkpoint(trail: Trail, anchor: Anchor, before: str) -> None:
@@ -165,11 +158,10 @@ async def _move_checkpoint(trail: Trail, anchor: Anchor, before: str) -> None:
 
 async def export(trail: Trail, since: str | None = None,
                  until: str | None = None) -> AsyncIterator[bytes]:
-    """NDJSON lines (with the newline) of the events recorded in [since, until)."""
+    """NDJSON lines (with the newline) of the events recorded in [since, until), in chain
+    order; each carries its seal and the sealed payload, so a SIEM can check the chain."""
     cp = await trail.checkpoint()
-    async for _seq, event in trail.events(after=cp.anchor.seq):
-        if event is None:
+    async for entry in trail.entries(after=cp.anchor.seq, since=since, until=until):
+        if entry.recorded == until:  # the span is inclusive, the export's end is not
             continue
-        recorded = str(event.get("recorded", ""))
-        if (since is None or recorded >= since) and (until is None or recorded < until):
-            yield jsonio.dumps(event) + b"\n"
+        yield jsonio.dumps(record.render(entry, with_payload=True)) + b"\n"

@@ -38,12 +38,13 @@ from urllib.parse import urlencode
 import orjson
 
 from fhirpm.audit import events as ev
+from fhirpm.audit import record as rec
 from fhirpm.audit.batch import GroupCommit
 from fhirpm.audit.patients import patient_params, patients_of
 from fhirpm.audit.trail import TYPE, Trail
 from fhirpm.audit.trail import instant as now_instant
 from fhirpm.errors import Category, FhirError
-from fhirpm.storage.port import StoreError, VersionConflict
+from fhirpm.storage.port import AuditDraft, StoreError, VersionConflict
 
 if TYPE_CHECKING:
     from fhirpm.repository.interactions import FhirRequest, FhirResponse, Interactions
@@ -86,7 +87,7 @@ class _Scope:
 
     who: ev.Who
     nested: bool  # nested requests are recorded on their own (bundle entries, operations)
-    deferred: list[dict[str, Any]] = field(default_factory=list)  # stored when it ends
+    deferred: list[AuditDraft] = field(default_factory=list)  # stored when it ends
     touched: list[str] = field(default_factory=list)  # resources its folded sub-requests hit
     ended: bool = False  # a task it spawned may outlive it: then it is nobody's scope
 
@@ -115,31 +116,32 @@ class Recorder:
 
     # -- storing -------------------------------------------------------------------------
 
-    async def _store_group(self, events: list[dict[str, Any]]) -> None:
+    async def _store_group(self, drafts: list[AuditDraft]) -> None:
         for attempt in range(_ATTEMPTS):
             try:
                 async with self.trail.store.unit_of_work() as unit:
-                    await self.trail.append(unit, events, confirm=False)  # retried here
+                    await self.trail.append(unit, drafts)
             except VersionConflict:  # another node took the chain's next position first
                 if attempt == _ATTEMPTS - 1:
                     raise
                 await _backoff(attempt)
                 continue
-            self.trail.committed(unit)
             return
 
     async def record(self, events: list[dict[str, Any]]) -> None:
-        """Store `events` now (group commit) and wait; fail-closed raises 503 when they
-        cannot be stored. Inside a recorded request they are stored when it ends."""
-        if not events:
+        """Store whole `events` (logins, tokens, HL7 v2 ...) now (group commit) and wait;
+        fail-closed raises 503 when they cannot be stored. Inside a recorded request they
+        are stored when it ends."""
+        drafts = self._built(lambda: [rec.whole(e) for e in events])
+        if not drafts:
             return
         scope = _scope.get()
         if scope is not None:
-            scope.deferred.extend(events)
+            scope.deferred.extend(drafts)
             return
-        await self._submit(events)
+        await self._submit(drafts)
 
-    async def _submit(self, events: list[dict[str, Any]]) -> None:
+    async def _submit(self, events: list[AuditDraft]) -> None:
         try:
             await self.batch.submit(events)
         except Exception as exc:
@@ -205,7 +207,7 @@ class Recorder:
 
     async def _run(self, ix: Interactions, req: FhirRequest, parts: list[str],
                    interaction: str, scope: _Scope, inner: Inner
-                   ) -> tuple[FhirResponse, list[dict[str, Any]]]:
+                   ) -> tuple[FhirResponse, list[AuditDraft]]:
         """Run the request; (its response, its events still to be stored)."""
         if parts and parts[0] == TYPE and interaction in _WRITES:
             raise FhirError(Category.METHOD_NOT_ALLOWED,
@@ -224,7 +226,7 @@ class Recorder:
                 async with ix.repo.store.unit_of_work() as unit:
                     response = await inner(replace(req, uow=unit))
                     await self._append_write(ix, unit, req, parts, interaction, scope,
-                                             response, confirm=False)  # retried here
+                                             response)
             except VersionConflict as exc:
                 # Lost a race for the chain's next position (MongoDB: another node's unit
                 # took it) or at commit: nothing was applied, so the request runs again, as
@@ -237,13 +239,12 @@ class Recorder:
                 continue
             except StoreError as exc:
                 raise FhirError(Category.UNAVAILABLE, f"The store failed: {exc}") from None
-            self.trail.committed(unit)
             return response, []
         raise AssertionError("unreachable")
 
     async def _append_write(self, ix: Interactions, unit: Any, req: FhirRequest,
                             parts: list[str], interaction: str, scope: _Scope,
-                            response: FhirResponse, *, confirm: bool = True) -> None:
+                            response: FhirResponse) -> None:
         patients: list[str] = []
         gone = response.version
         if gone is not None and gone.deleted and gone.version > 1:
@@ -252,10 +253,9 @@ class Recorder:
             if before is not None:
                 patients = self._patients_of_version(before)
         await self.trail.append(unit, self._built(
-            lambda: self._events(req, parts, interaction, scope, response, patients)),
-            confirm=confirm)
+            lambda: self._events(req, parts, interaction, scope, response, patients)))
 
-    def _built(self, build: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    def _built(self, build: Callable[[], list[AuditDraft]]) -> list[AuditDraft]:
         try:
             return build()
         except Exception:
@@ -265,7 +265,7 @@ class Recorder:
             return []
 
     async def _store(self, req: FhirRequest, outer: _Scope | None, scope: _Scope,
-                     events: list[dict[str, Any]], *, failed: bool) -> None:
+                     events: list[AuditDraft], *, failed: bool) -> None:
         """Store a request's events: nested ones when the outermost request ends, the
         outermost's (with everything deferred to it) now."""
         if outer is not None:
@@ -297,7 +297,7 @@ class Recorder:
 
     def _events(self, req: FhirRequest, parts: list[str], interaction: str, scope: _Scope,
                 response: FhirResponse, known: list[str] | None = None
-                ) -> list[dict[str, Any]]:
+                ) -> list[AuditDraft]:
         resources: list[str] = []
         patients: list[str] = list(known or ())
         version = response.version
@@ -317,11 +317,11 @@ class Recorder:
         resources.extend(r for r in scope.touched if r not in resources)
         access = ev.Access(interaction, tuple(resources), tuple(dict.fromkeys(patients)),
                            _query(req, parts), _operation(parts))
-        return ev.rest_events(access, scope.who, self.server,
-                              ev.Outcome(response.status), now_instant())
+        return rec.rest(access, scope.who, self.server, ev.Outcome(response.status),
+                        now_instant())
 
     def _failure_events(self, req: FhirRequest, parts: list[str], interaction: str,
-                        who: ev.Who, status: int, text: str) -> list[dict[str, Any]]:
+                        who: ev.Who, status: int, text: str) -> list[AuditDraft]:
         if interaction == "batch":
             interaction = "transaction"  # a batch answers 200 whatever its entries do
         resources: tuple[str, ...] = ()
@@ -332,8 +332,7 @@ class Recorder:
                 patients = (parts[1],)
         access = ev.Access(interaction, resources, patients, _query(req, parts),
                            _operation(parts))
-        return ev.rest_events(access, who, self.server, ev.Outcome(status, text),
-                              now_instant())
+        return rec.rest(access, who, self.server, ev.Outcome(status, text), now_instant())
 
     def _patients_of_version(self, version: Any) -> list[str]:
         if version.type == "Patient":

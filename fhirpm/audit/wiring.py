@@ -18,6 +18,7 @@ from fhirpm.audit.recorder import Recorder
 from fhirpm.audit.security import AuditHooks
 from fhirpm.audit.trail import Trail
 from fhirpm.audit.trail import instant as now_instant
+from fhirpm.audit.view import AuditView
 
 if TYPE_CHECKING:
     from fhirpm.config import AuditSettings, Settings
@@ -30,18 +31,21 @@ log = logging.getLogger("fhirpm.audit")
 RETENTION_JOB = "audit-retention"
 
 
-def trail_for(store: ResourceStore, indexer: Any, settings: AuditSettings) -> Trail:
+def trail_for(store: ResourceStore, settings: AuditSettings) -> Trail:
     key = settings.hmac_key.encode() if settings.hmac_key else None
-    return Trail(store, indexer, key=key)
+    return Trail(store, key=key)
 
 
 def install(interactions: Interactions, settings: Settings) -> Recorder | None:
-    """Record every request `interactions` dispatches (None when the trail is off)."""
+    """Serve AuditEvents from the audit log, and record every request `interactions`
+    dispatches (None when the trail is off)."""
+    repo = interactions.repo
+    store = repo.store
+    repo.store = AuditView(store, repo.indexer)  # type: ignore[assignment]
     conf = settings.audit
     if not conf.enabled:
         return None
-    repo = interactions.repo
-    recorder = Recorder(trail_for(repo.store, repo.indexer, conf),
+    recorder = Recorder(trail_for(store, conf),
                         ev.Server(settings.fhir_base, site=conf.site), repo.indexer,
                         fail_closed=conf.fail_closed, batch_max=conf.batch_max)
     recorder.hooks = AuditHooks(recorder)

@@ -12,6 +12,9 @@ Resumable: after each batch the source seq reached is recorded in the destinatio
 so a copy killed at any moment continues where it stopped. At the end the number of
 versions and of live resources per type must agree on both sides.
 
+The audit log is copied entry by entry with its seqs and seals unchanged (the chain must
+still verify in the destination), after the entries the destination already holds.
+
 Small documents (auth clients and users, HL7 v2 message logs, job state) are copied for
 the collections named with `--documents` (the port cannot enumerate collections); their
 revs start afresh in the destination. Not copied: unique conditional-create keys (claimed
@@ -37,6 +40,7 @@ from fhirpm.search.extract import Indexer
 from fhirpm.search.query import SearchQuery
 from fhirpm.storage.factory import store_from_settings
 from fhirpm.storage.port import (
+    AuditSpan,
     HistoryQuery,
     ResourceStore,
     ResourceVersion,
@@ -58,6 +62,7 @@ class CopyReport:
     documents: int = 0  # small documents copied
     versions: dict[str, int] = field(default_factory=dict)  # per type, verified equal
     live: dict[str, int] = field(default_factory=dict)  # live resources per type, verified
+    audit: int = 0  # audit log entries copied
 
 
 async def copy_store(source: ResourceStore, destination: ResourceStore, indexer: Indexer,
@@ -88,8 +93,24 @@ async def copy_store(source: ResourceStore, destination: ResourceStore, indexer:
         report.skipped += len(versions) - copied
         if progress is not None:
             progress(len(versions))
+    report.audit = await copy_audit_log(source, destination, batch)
     await verify(source, destination, types, report)
     return report
+
+
+async def copy_audit_log(source: ResourceStore, destination: ResourceStore,
+                         batch: int = 500) -> int:
+    """The audit log's entries the destination lacks, unchanged (resumable)."""
+    have = await destination.audit_head()
+    after = have.seq if have is not None else 0
+    copied = 0
+    while True:
+        entries = await source.audit_list(AuditSpan(after=after, limit=batch))
+        if not entries:
+            return copied
+        await destination.audit_restore(entries)
+        copied += len(entries)
+        after = entries[-1].seq
 
 
 async def copy_documents(source: ResourceStore, destination: ResourceStore,
@@ -207,8 +228,8 @@ def run_command(args: argparse.Namespace, indexer_for: IndexerFor) -> int:
     except (CopyError, StoreError, ValueError) as exc:
         print(f"fhirpm store copy: {exc}", file=sys.stderr)
         return 1
-    print(f"copied {report.copied} versions ({report.skipped} already there) and "
-          f"{report.documents} documents; verified {sum(report.versions.values())} versions "
+    print(f"copied {report.copied} versions ({report.skipped} already there), "
+          f"{report.audit} audit log entries and {report.documents} documents; verified {sum(report.versions.values())} versions "
           f"and {sum(report.live.values())} live resources in {len(report.versions)} types",
           flush=True)
     return 0

@@ -9,7 +9,7 @@ cursors. Adapters translate driver exceptions into `StoreError`s at their edge.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -62,6 +62,48 @@ class Document:
     expires_at: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class AuditDraft:
+    """An audit record before it has a place in the store's audit log.
+
+    `payload` is what the hash chain seals (opaque to the store); `refs` are the references
+    it names ("Patient/7", "Practitioner/2"), kept beside it so the records naming one
+    can be found without reading payloads."""
+
+    recorded: str  # FHIR instant, fixed width
+    refs: tuple[str, ...]
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """A record in the store's audit log: position, link to the previous record, seal."""
+
+    seq: int  # 1, 2, 3, ... per store, assigned inside the transaction that appends it
+    recorded: str
+    refs: tuple[str, ...]
+    payload: bytes
+    previous: str  # the previous entry's hash (the chain's anchor for the first one)
+    hash: str
+
+
+# seals one payload at its position: (payload, seq, previous hash) -> hash
+Sealer = Callable[[bytes, int, str], str]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSpan:
+    """Which audit log entries to list: all filters are optional and combine with AND."""
+
+    ref: str | None = None  # only entries naming this reference
+    since: str | None = None  # recorded >= since
+    until: str | None = None  # recorded <= until
+    after: int | None = None  # seq > after
+    before: int | None = None  # seq < before
+    descending: bool = False  # newest first
+    limit: int = 100
+
+
 class StoreError(Exception):
     """A store failure the repository can explain to the client."""
 
@@ -108,6 +150,12 @@ class UnitOfWork(Protocol):
         """Replace the index entries of type/id without a new version, if its current
         version is still `version` (reindex jobs); False when it moved on or is deleted."""
 
+    async def audit_append(self, drafts: Sequence[AuditDraft], seal: Sealer) -> None:
+        """Append `drafts` to the audit log when the unit commits, in order, after the
+        log's head as it is inside the commit's transaction: each gets the next seq and
+        `seal(payload, seq, previous hash)` as its hash. Two units appending at once
+        cannot both take a position: the loser fails with VersionConflict."""
+
 
 class ResourceStore(Protocol):
     async def open(self) -> None: ...
@@ -140,6 +188,25 @@ class ResourceStore(Protocol):
         index entries and unique keys. Only for data past retention (the audit trail's
         purge); the FHIR API only ever deletes as versioned tombstones. Returns how many
         of the resources existed. Idempotent."""
+
+    # -- the audit log: append-only, hash-chained, outside the resource tables ---------
+
+    async def audit_head(self) -> AuditEntry | None:
+        """The newest entry (None: the log is empty)."""
+
+    async def audit_get(self, seq: int) -> AuditEntry | None: ...
+
+    async def audit_list(self, span: AuditSpan) -> list[AuditEntry]:
+        """Entries within `span`, by seq (ascending unless `span.descending`)."""
+
+    async def audit_count(self, span: AuditSpan) -> int:
+        """How many entries `span` holds, ignoring its limit."""
+
+    async def audit_purge(self, upto: int) -> int:
+        """Remove the entries with seq <= upto (retention); returns how many went."""
+
+    async def audit_restore(self, entries: Sequence[AuditEntry]) -> None:
+        """Insert entries exactly as given (seq and seals kept): `store copy` only."""
 
     # -- small documents: compare-and-swap records beside the FHIR data -----------------
 

@@ -17,7 +17,7 @@ from tests.bearer import staff_headers
 
 
 class AuditRefusingStore(SqliteResourceStore):
-    """A real SQLite store whose disk is 'full' for AuditEvents once `broken` is set."""
+    """A real SQLite store whose disk is 'full' for the audit log once `broken` is set."""
 
     broken = False
 
@@ -32,10 +32,14 @@ class _Refusing:
         self._unit = unit
         self._store = store
 
-    async def put(self, version: Any, *args: Any, **kwargs: Any) -> None:
-        if self._store.broken and version.type == "AuditEvent":
+    async def audit_append(self, drafts: Any, seal: Any) -> None:
+        if not self._store.broken:
+            await self._unit.audit_append(drafts, seal)
+            return
+
+        def full(*_: Any) -> str:  # fails inside the commit's transaction, as a disk would
             raise StoreError("database or disk is full")
-        await self._unit.put(version, *args, **kwargs)
+        await self._unit.audit_append(drafts, full)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._unit, name)

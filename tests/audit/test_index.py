@@ -6,11 +6,12 @@ from typing import Any
 
 import pytest
 
-from fhirpm.audit import chain
+from fhirpm.audit import chain, record
 from fhirpm.audit import events as ev
 from fhirpm.audit.index import AuditIndexer
 from fhirpm.search.extract import RegistryIndexer
 from fhirpm.search.registry import Registry
+from fhirpm.storage.port import AuditEntry
 
 SERVER = ev.Server("https://ehr.example.org/fhir", site="Main St")
 WHO = ev.Who("chart", "drlee", "Practitioner/7", "198.51.100.4", "req-9")
@@ -54,9 +55,9 @@ def fast(indexer: RegistryIndexer) -> AuditIndexer:
 @pytest.mark.parametrize("n", range(len(every_shape())))
 def test_same_entries_as_the_fhirpath_extractor(indexer: RegistryIndexer, fast: AuditIndexer,
                                                n: int) -> None:
-    event = chain.seal(every_shape()[n], chain.Anchor(41, "ab" * 32))
-    body = {"resourceType": "AuditEvent", "id": "ae-000000000042",
-            "meta": {"versionId": "1", "lastUpdated": WHEN}, **event}
+    # as served: id, meta and the seal extension added to the stored event
+    body = record.render(AuditEntry(42, WHEN, (), chain.canonical(every_shape()[n]),
+                                    "ab" * 32, "cd" * 32))
     expected = indexer.extract("AuditEvent", body)
     assert fast.extract(body) == expected
     assert {e.param for e in expected} >= {"_id", "date", "action", "type", "subtype",

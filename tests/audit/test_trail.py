@@ -53,12 +53,10 @@ async def test_verify_cli_detects_a_tampered_row(audit_app: FastAPI, staff: http
     assert "audit chain OK" in capsys.readouterr().out
     # someone with access to the database file rewrites who did what in event 3
     with sqlite3.connect(db) as conn:
-        (body,) = conn.execute("SELECT body FROM history WHERE type = 'AuditEvent' AND id = ?",
-                               (event_id(3),)).fetchone()
-        event = orjson.loads(body)
-        event["agent"][-1]["altId"] = "somebody-else"
-        conn.execute("UPDATE history SET body = ? WHERE type = 'AuditEvent' AND id = ?",
-                     (orjson.dumps(event), event_id(3)))
+        (payload,) = conn.execute("SELECT payload FROM audit_log WHERE seq = 3").fetchone()
+        assert b"staff" in payload
+        conn.execute("UPDATE audit_log SET payload = ? WHERE seq = 3",
+                     (bytes(payload).replace(b"staff", b"somebody-else"),))
     assert await cli(db, "verify") == 1
     err = capsys.readouterr().err
     assert "BROKEN at seq 3" in err and "changed after it was sealed" in err
@@ -68,10 +66,7 @@ async def test_verify_detects_a_removed_event(audit_app: FastAPI,
                                               staff: httpx.AsyncClient) -> None:
     await make_events(staff, 4)
     with sqlite3.connect(db_of(audit_app)) as conn:
-        conn.execute("DELETE FROM history WHERE type = 'AuditEvent' AND id = ?",
-                     (event_id(2),))
-        conn.execute("DELETE FROM resources WHERE type = 'AuditEvent' AND id = ?",
-                     (event_id(2),))
+        conn.execute("DELETE FROM audit_log WHERE seq = 2")
     report = await maintenance.verify(recorder(audit_app).trail)
     assert not report.ok and report.at_seq == 2 and "missing" in (report.problem or "")
 
@@ -86,7 +81,8 @@ async def test_retention_purges_a_prefix_and_the_rest_verifies(
     assert (result.removed, result.checkpoint.seq, result.refused) == (3, 3, None)
     assert [e["id"] for e in await chain_events(audit_app, 3)] == [event_id(s)
                                                                    for s in range(4, 6)]
-    assert await audit_app.state.store.read("AuditEvent", event_id(1)) is None
+    assert await audit_app.state.store.audit_get(1) is None
+    assert (await staff.get(f"AuditEvent/{event_id(1)}")).status_code == 404
     assert (await staff.get("AuditEvent", params={"_id": event_id(2)})).json()["total"] == 0
     report = await maintenance.verify(trail)
     assert report.ok and report.start.seq == 3
@@ -126,13 +122,12 @@ async def test_purge_refuses_a_prefix_that_does_not_verify(
         audit_app: FastAPI, staff: httpx.AsyncClient) -> None:
     await make_events(staff, 3)
     with sqlite3.connect(db_of(audit_app)) as conn:
-        (body,) = conn.execute("SELECT body FROM history WHERE type = 'AuditEvent' AND "
-                               "id = ?", (event_id(1),)).fetchone()
-        conn.execute("UPDATE history SET body = ? WHERE type = 'AuditEvent' AND id = ?",
-                     (bytes(body).replace(b"staff", b"other"), event_id(1)))
+        (payload,) = conn.execute("SELECT payload FROM audit_log WHERE seq = 1").fetchone()
+        conn.execute("UPDATE audit_log SET payload = ? WHERE seq = 1",
+                     (bytes(payload).replace(b"staff", b"other"),))
     result = await maintenance.purge(recorder(audit_app).trail, "9999")
     assert result.removed == 0 and result.refused is not None
-    assert await audit_app.state.store.read("AuditEvent", event_id(1)) is not None
+    assert await audit_app.state.store.audit_get(1) is not None
 
 
 async def test_export_ndjson_by_date_range(audit_app: FastAPI, staff: httpx.AsyncClient,

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 
 from fhirpm.app import build_interactions
+from fhirpm.audit import chain
 from fhirpm.config import Settings
 from fhirpm.repository import Repository
 from fhirpm.storage import copy as store_copy
 from fhirpm.storage.copy import CopyError, copy_store
 from fhirpm.storage.mongo import MongoResourceStore
-from fhirpm.storage.port import HistoryQuery, ResourceStore
+from fhirpm.storage.port import AuditDraft, AuditSpan, HistoryQuery, ResourceStore
 from fhirpm.storage.sqlite import SqliteResourceStore
 from tests.contract.stores import stored_index, version
 
@@ -71,11 +72,18 @@ async def every_version(store: ResourceStore) -> list[tuple[str, str, int, str, 
 async def test_copy_moves_every_version_and_reindexes(pair) -> None:
     source, destination = pair
     await seed(source)
+    async with source.unit_of_work() as unit:  # the audit log goes along, seals unchanged
+        await unit.audit_append([AuditDraft("2026-01-01T00:00:00.000000Z", ("Patient/a",),
+                                            b'["e",1]')] * 2,
+                                lambda p, seq, prev: chain.digest(p, seq, prev))
     handled: list[int] = []
     report = await copy_store(source, destination, repository(destination).indexer,
                               source_name="src", types=TYPES, batch=3,
                               progress=handled.append)
     assert sum(handled) == report.copied == 8 and report.skipped == 0
+    assert report.audit == 2
+    everything = AuditSpan()
+    assert await destination.audit_list(everything) == await source.audit_list(everything)
     assert report.versions == {"Patient": 6, "Organization": 1, "Observation": 1}
     assert report.live == {"Patient": 3, "Organization": 1, "Observation": 1}
     assert await every_version(destination) == await every_version(source)
@@ -142,7 +150,7 @@ async def test_the_command_line(tmp_path: Path, mongo_url: str,
     code = await asyncio.to_thread(args.func, args)
     out = capsys.readouterr()
     assert code == 0, out.err
-    assert "copied 8 versions (0 already there) and 1 documents" in out.out
+    assert "copied 8 versions (0 already there), 0 audit log entries and 1 documents" in out.out
     copied = MongoResourceStore(mongo_url)
     await copied.open()
     assert (await copied.doc_get("auth.clients", "app-1")).body == b'{"name":"one"}'

@@ -25,10 +25,12 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from fhirpm.search.query import SearchQuery, SearchResult
-from fhirpm.storage.mongo import documents, history, schema, txn, writes
+from fhirpm.storage.mongo import audit, documents, history, schema, txn, writes
 from fhirpm.storage.mongo import search as mongo_search
 from fhirpm.storage.mongo.unit import BufferedUnit, TransactionalUnit
 from fhirpm.storage.port import (
+    AuditEntry,
+    AuditSpan,
     Document,
     HistoryQuery,
     ResourceVersion,
@@ -116,7 +118,7 @@ class MongoResourceStore:
         return self._db
 
     async def _create_system_indexes(self, db: AsyncDatabase) -> None:
-        for name, specs in schema.SYSTEM_INDEXES.items():
+        for name, specs in (*schema.SYSTEM_INDEXES.items(), (audit.COLLECTION, audit.INDEXES)):
             await db[name].create_indexes([IndexModel(keys, **opts) for keys, opts in specs])
 
     async def _create_type_indexes(self, db: AsyncDatabase, type: str) -> None:
@@ -208,6 +210,26 @@ class MongoResourceStore:
 
     async def search(self, query: SearchQuery) -> SearchResult:
         return await self._guard(self._search_in(query, None), "search")
+
+    # -- the audit log -------------------------------------------------------------------
+
+    async def audit_head(self) -> AuditEntry | None:
+        return await self._guard(audit.head(self.db), "audit log")
+
+    async def audit_get(self, seq: int) -> AuditEntry | None:
+        return await self._guard(audit.get(self.db, seq), "audit log")
+
+    async def audit_list(self, span: AuditSpan) -> list[AuditEntry]:
+        return await self._guard(audit.listing(self.db, span), "audit log")
+
+    async def audit_count(self, span: AuditSpan) -> int:
+        return await self._guard(audit.count(self.db, span), "audit log")
+
+    async def audit_purge(self, upto: int) -> int:
+        return await self._guard(audit.purge(self.db, upto), "audit log")
+
+    async def audit_restore(self, entries: Sequence[AuditEntry]) -> None:
+        await self._guard(audit.restore(self.db, entries), "audit log")
 
     # -- documents ---------------------------------------------------------------------
 

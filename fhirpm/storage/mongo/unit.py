@@ -33,9 +33,15 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import InvalidOperation, OperationFailure, PyMongoError
 
 from fhirpm.search.values import IndexEntry
-from fhirpm.storage.mongo import schema, txn, writes
+from fhirpm.storage.mongo import audit, schema, txn, writes
 from fhirpm.storage.mongo.writes import Put
-from fhirpm.storage.port import ResourceVersion, StoreError, VersionConflict
+from fhirpm.storage.port import (
+    AuditDraft,
+    ResourceVersion,
+    Sealer,
+    StoreError,
+    VersionConflict,
+)
 
 if TYPE_CHECKING:
     from fhirpm.search.query import SearchQuery, SearchResult
@@ -64,6 +70,7 @@ class TransactionalUnit:
         self._options = options
         self._session: AsyncClientSession | None = None
         self._log: list[tuple[Any, ...]] = []
+        self._audit: list[tuple[Sequence[AuditDraft], Sealer]] = []  # appended at commit
         self._broken = False  # the server transaction must be replaced before further use
 
     async def begin(self) -> None:
@@ -108,6 +115,10 @@ class TransactionalUnit:
         self._log.append(("reindex", type, id, version, ix, done))
         return done
 
+    async def audit_append(self, drafts: Sequence[AuditDraft], seal: Sealer) -> None:
+        if drafts:  # sealed at commit, after the head as the commit's transaction sees it
+            self._audit.append((drafts, seal))
+
     # -- commit and rollback (called by the store) ------------------------------------------
 
     async def commit(self) -> list[int]:
@@ -115,6 +126,8 @@ class TransactionalUnit:
 
         async def finish_and_commit(session: AsyncClientSession) -> list[int]:
             seqs = await writes.finish(self._db, session, puts)
+            for drafts, seal in self._audit:
+                await audit.append(self._db, session, drafts, seal)
             await _commit(session)
             return seqs
         return await self._run(finish_and_commit)
@@ -235,6 +248,7 @@ class BufferedUnit:
         self._puts: list[Put] = []
         self._pending: dict[tuple[str, str], ResourceVersion] = {}
         self._reindexes: list[tuple[str, str, int, dict[str, Any]]] = []
+        self._audit: list[tuple[Sequence[AuditDraft], Sealer]] = []
 
     async def current(self, type: str, id: str) -> ResourceVersion | None:
         pending = self._pending.get((type, id))
@@ -267,6 +281,10 @@ class BufferedUnit:
         self._reindexes.append((type, id, version, schema.index_document(index)))
         return True
 
+    async def audit_append(self, drafts: Sequence[AuditDraft], seal: Sealer) -> None:
+        if drafts:
+            self._audit.append((drafts, seal))
+
     async def commit(self) -> list[int]:
         for type in {p.version.type for p in self._puts}:
             await self._ensure_type(type)
@@ -274,8 +292,12 @@ class BufferedUnit:
             await writes.apply_put(self._db, None, put)
         for type, id, version, ix in self._reindexes:
             await writes.apply_reindex(self._db, None, type, id, version, ix)
-        return await writes.finish(self._db, None, self._puts)
+        seqs = await writes.finish(self._db, None, self._puts)
+        for drafts, seal in self._audit:  # not atomic without transactions (docs/deploy.md)
+            await audit.append(self._db, None, drafts, seal)
+        return seqs
 
     async def rollback(self) -> None:
         self._puts.clear()
         self._reindexes.clear()
+        self._audit.clear()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from fhirpm.storage.sqlite import index
+from fhirpm.storage.sqlite import audit, index
 
 CORE = """
 CREATE TABLE history (
@@ -56,7 +56,8 @@ CREATE TABLE documents (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS: list[str] = [CORE, index.DDL, DOCUMENTS, index.SEARCH_DDL, index.REFERENCE_URL_DDL]
+MIGRATIONS: list[str] = [CORE, index.DDL, DOCUMENTS, index.SEARCH_DDL, index.REFERENCE_URL_DDL,
+                         audit.DDL]
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -24,13 +24,17 @@ from typing import Any, TypeVar
 from fhirpm.search.query import SearchQuery, SearchResult
 from fhirpm.search.values import IndexEntry
 from fhirpm.storage.port import (
+    AuditDraft,
+    AuditEntry,
+    AuditSpan,
     Document,
     HistoryQuery,
     ResourceVersion,
+    Sealer,
     UniqueKeyTaken,
     VersionConflict,
 )
-from fhirpm.storage.sqlite import index, schema
+from fhirpm.storage.sqlite import audit, index, schema
 from fhirpm.storage.sqlite import search as sql_search
 
 T = TypeVar("T")
@@ -225,6 +229,39 @@ class SqliteResourceStore:
         async with self._write_lock:
             return await self._write(run)
 
+    # -- the audit log -------------------------------------------------------------------
+
+    async def audit_head(self) -> AuditEntry | None:
+        return audit.head(self._thread_connection(query_only=True))  # a point read, as read()
+
+    async def audit_get(self, seq: int) -> AuditEntry | None:
+        return audit.get(self._thread_connection(query_only=True), seq)
+
+    async def audit_list(self, span: AuditSpan) -> list[AuditEntry]:
+        return await self._read(lambda c: audit.listing(c, span))
+
+    async def audit_count(self, span: AuditSpan) -> int:
+        return await self._read(lambda c: audit.count(c, span))
+
+    async def audit_purge(self, upto: int) -> int:
+        return await self._in_transaction(lambda c: audit.purge(c, upto))
+
+    async def audit_restore(self, entries: Sequence[AuditEntry]) -> None:
+        await self._in_transaction(lambda c: audit.restore(c, entries))
+
+    async def _in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run(c: sqlite3.Connection) -> T:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(c)
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            return out
+        async with self._write_lock:
+            return await self._write(run)
+
     # -- documents ---------------------------------------------------------------------
 
     async def doc_get(self, collection: str, key: str) -> Document | None:
@@ -310,6 +347,7 @@ class SqliteUnitOfWork:
     def __init__(self, store: SqliteResourceStore) -> None:
         self._store = store
         self._pending: list[tuple[Any, ...]] = []
+        self._audit: list[tuple[Sequence[AuditDraft], Sealer]] = []  # appended at commit
         self._known: dict[tuple[str, str], int] = {}  # (type, id) -> version in this unit
         # current versions this unit read and has not written since: the unit holds the
         # write lock, so they stay current and reading one again needs no trip
@@ -334,6 +372,9 @@ class SqliteUnitOfWork:
                 for args in pending:
                     _put(c, *args, rows=rows)
                 rows.insert(c)
+                if fn is _commit:
+                    for drafts, seal in self._audit:  # last: the head is final only now
+                        audit.append(c, drafts, seal)
             except BaseException as exc:
                 self._failed = exc
                 raise
@@ -379,6 +420,12 @@ class SqliteUnitOfWork:
     async def reindex(self, type: str, id: str, version: int,
                       index_entries: Sequence[IndexEntry]) -> bool:
         return await self.hop(lambda c: index.reindex(c, type, id, version, index_entries))
+
+    async def audit_append(self, drafts: Sequence[AuditDraft], seal: Sealer) -> None:
+        # The unit holds the write lock from its first trip to COMMIT, so appending in the
+        # commit's own trip costs nothing extra and cannot lose the position to anyone.
+        if drafts:
+            self._audit.append((drafts, seal))
 
 
 def _version_of(c: sqlite3.Connection, type: str, id: str) -> int:

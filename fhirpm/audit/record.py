@@ -1,0 +1,125 @@
+"""The stored form of audit records, and the AuditEvents they are served as.
+
+Every read leaves a record, so what a request pays for its record must be small next to
+the read itself. A whole BALP AuditEvent is ~2.4 KB of nested JSON: building, sealing and
+serialising one cost more than the read. So a RESTful interaction is stored as its facts
+(`rest`): a compact JSON array of who, what, when and the outcome, a few hundred bytes
+made in microseconds, and the chain seals those bytes. The AuditEvent is derived from the
+facts when someone reads or searches the trail (`render`), by the same BALP builder
+(`fhirpm.audit.events`), so it is the event that would have been stored, with its seal
+(seq, previous hash, hash) in an extension. Rare events (logins, tokens, consents, HL7 v2
+messages, the trail's own maintenance) are stored whole (`whole`), in canonical form.
+
+Payload formats (the first byte tells them apart): `[` the facts array, version-tagged by
+its first element; `{` a whole AuditEvent.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+
+from fhirpm.audit import events as ev
+from fhirpm.audit.chain import CHAIN_URL, canonical
+from fhirpm.fhir import jsonio
+from fhirpm.storage.port import AuditDraft, AuditEntry
+
+TYPE = "AuditEvent"
+_PREFIX = "ae-"
+_REST = "rest1"  # the facts array's tag: bump it when the layout changes
+
+
+def event_id(seq: int) -> str:
+    return f"{_PREFIX}{seq:012d}"
+
+
+def seq_of(id: str) -> int | None:
+    digits = id[len(_PREFIX):]
+    return int(digits) if id.startswith(_PREFIX) and digits.isdigit() else None
+
+
+# -- writing: drafts ------------------------------------------------------------------------
+
+
+def rest(access: ev.Access, who: ev.Who, server: ev.Server, outcome: ev.Outcome,
+         recorded: str) -> list[AuditDraft]:
+    """One draft per patient touched (BALP: one patient per event), at least one."""
+    if access.interaction not in ev.INTERACTIONS:
+        raise ValueError(f"not an auditable interaction: {access.interaction!r}")
+    resources = list(access.resources)
+    refs = [_unversioned(r) for r in resources]
+    if who.fhir_user:
+        refs.append(who.fhir_user)
+    drafts = []
+    for patient in list(dict.fromkeys(access.patients)) or [None]:
+        facts = [_REST, recorded, access.interaction, resources, patient, access.query,
+                 access.operation, outcome.status, outcome.description, who.client_id,
+                 who.user, who.fhir_user, who.address, who.request_id, server.base_url,
+                 server.name, server.site]
+        named = [*refs, f"Patient/{patient}"] if patient is not None else refs
+        drafts.append(AuditDraft(recorded, tuple(dict.fromkeys(named)), orjson.dumps(facts)))
+    return drafts
+
+
+def whole(event: dict[str, Any]) -> AuditDraft:
+    """A complete AuditEvent (logins, tokens, HL7 v2 ...) as a draft."""
+    refs: list[str] = []
+    for agent in event.get("agent") or ():
+        ref = (agent.get("who") or {}).get("reference") if isinstance(agent, dict) else None
+        if isinstance(ref, str):
+            refs.append(ref)
+    for entity in event.get("entity") or ():
+        ref = (entity.get("what") or {}).get("reference") if isinstance(entity, dict) else None
+        if isinstance(ref, str):
+            refs.append(_unversioned(ref))
+    return AuditDraft(str(event.get("recorded", "")), tuple(dict.fromkeys(refs)),
+                      canonical(event))
+
+
+def _unversioned(reference: str) -> str:
+    head, _, _ = reference.partition("/_history/")
+    return head
+
+
+# -- reading: AuditEvents -----------------------------------------------------------------
+
+
+def render(entry: AuditEntry, *, with_payload: bool = False) -> dict[str, Any]:
+    """The AuditEvent an entry stands for, with id, meta and its seal.
+
+    `with_payload` adds the sealed bytes to the seal extension (exports: a SIEM can then
+    check each hash without the store)."""
+    event = _event(entry.payload)
+    seal = [{"url": "seq", "valueString": str(entry.seq)},
+            {"url": "previous", "valueString": entry.previous},
+            {"url": "hash", "valueString": entry.hash}]
+    if with_payload:
+        seal.append({"url": "payload",
+                     "valueBase64Binary": base64.b64encode(entry.payload).decode()})
+    body = {"resourceType": TYPE, "id": event_id(entry.seq),
+            "meta": {"versionId": "1", "lastUpdated": entry.recorded},
+            **{k: v for k, v in event.items() if k not in ("resourceType", "id", "meta")}}
+    body["extension"] = [*event.get("extension", ()), {"url": CHAIN_URL, "extension": seal}]
+    return body
+
+
+def render_bytes(entry: AuditEntry) -> bytes:
+    return jsonio.dumps(render(entry))
+
+
+def _event(payload: bytes) -> dict[str, Any]:
+    if payload[:1] == b"{":
+        return jsonio.loads(payload)
+    facts = orjson.loads(payload)
+    if not facts or facts[0] != _REST:
+        raise ValueError(f"unknown audit record format {facts[:1]!r}")
+    (_, recorded, interaction, resources, patient, query, operation, status, description,
+     client_id, user, fhir_user, address, request_id, base_url, name, site) = facts
+    access = ev.Access(interaction, tuple(resources), (patient,) if patient else (), query,
+                       operation)
+    who = ev.Who(client_id, user, fhir_user, address, request_id)
+    server = ev.Server(base_url, name, site)
+    [event] = ev.rest_events(access, who, server, ev.Outcome(status, description), recorded)
+    return event
