@@ -10,7 +10,9 @@ ran it last. Handlers should be idempotent anyway (a run longer than its interva
 overlap the next owner's).
 
 `run_now(name)` runs a job once, lease included, and is what tests and CLI commands call:
-nothing in a test waits for a timer.
+nothing in a test waits for a timer. `held()` keeps the timers from running any job while
+it is open (a run under way is waited for first), so nothing a test sets up is changed by
+a run it did not ask for, such as the one every timer makes at startup.
 
 This module knows the storage port and nothing above it.
 """
@@ -23,7 +25,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -55,6 +57,10 @@ class Jobs:
         self._jobs: dict[str, Job] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._held = 0  # open `held()` blocks: timers run nothing while above zero
+        self._timer_runs = 0  # runs started by a timer and not finished yet
+        self._idle = asyncio.Event()  # set when the last timer run finishes
+        self.skipped = 0  # timer runs skipped because held (diagnostics, tests)
 
     def every(self, name: str, interval: float, handler: Handler) -> None:
         """Register `handler` to run every `interval` seconds (once across processes)."""
@@ -91,15 +97,39 @@ class Jobs:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        """No timer runs a job while the block is open (`run_now` still does); a timer run
+        already under way is waited for first (tests, maintenance windows)."""
+        self._held += 1
+        try:
+            while self._timer_runs:
+                self._idle.clear()
+                await self._idle.wait()
+            yield
+        finally:
+            self._held -= 1
+
     async def _loop(self, job: Job) -> None:
         while not self._stopping.is_set():
-            try:
-                await self.run_now(job.name)
-            except Exception:
-                log.exception("job %s failed; it runs again after its interval", job.name,
-                              extra={"job": job.name})
+            if self._held:
+                self.skipped += 1
+            else:
+                await self._timer_run(job)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=job.interval)
+
+    async def _timer_run(self, job: Job) -> None:
+        self._timer_runs += 1
+        try:
+            await self.run_now(job.name)
+        except Exception:
+            log.exception("job %s failed; it runs again after its interval", job.name,
+                          extra={"job": job.name})
+        finally:
+            self._timer_runs -= 1
+            if not self._timer_runs:
+                self._idle.set()
 
     async def _take_lease(self, job: Job, *, force: bool) -> bool:
         now = self._clock()

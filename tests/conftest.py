@@ -39,7 +39,9 @@ def settings(tmp_path: Path, request: pytest.FixtureRequest, store_kind: str) ->
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
-    async with application.router.lifespan_context(application):
+    # no periodic job runs unasked (e.g. the slot generator's startup run racing a test's
+    # Schedule): tests run jobs with jobs.run_now
+    async with application.state.jobs.held(), application.router.lifespan_context(application):
         yield application
 
 

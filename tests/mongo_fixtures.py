@@ -173,7 +173,8 @@ def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
 
 async def _started(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
-    async with application.router.lifespan_context(application):
+    # no periodic job runs unasked (tests.conftest.app says why)
+    async with application.state.jobs.held(), application.router.lifespan_context(application):
         yield application
 
 

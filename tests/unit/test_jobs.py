@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from fhirpm.jobs import Jobs
@@ -58,3 +59,48 @@ async def test_registration_is_checked(tmp_path: Path) -> None:
             continue
         raise AssertionError(f"{bad} was accepted")
     assert jobs.names == ["x"]
+
+
+async def test_held_waits_for_a_timer_run_then_keeps_the_timers_still(tmp_path: Path) -> None:
+    store = SqliteResourceStore(str(tmp_path / "jobs.db"))
+    await store.open()
+    jobs = Jobs(store, owner="a")
+    entered, release = asyncio.Event(), asyncio.Event()
+    order: list[str] = []
+
+    async def slow() -> None:
+        order.append("run")
+        entered.set()
+        await release.wait()
+        order.append("run finished")
+
+    jobs.every("slow", 3600, slow)
+    try:
+        await jobs.start()  # every timer runs its job once at startup
+        await asyncio.wait_for(entered.wait(), timeout=10)
+
+        async def hold() -> None:
+            async with jobs.held():
+                order.append("held")
+
+        holding = asyncio.create_task(hold())
+        for _ in range(20):  # loop turns, not time: the hold must wait for the run
+            await asyncio.sleep(0)
+        assert not holding.done()
+        release.set()
+        await asyncio.wait_for(holding, timeout=10)
+        assert order == ["run", "run finished", "held"]
+
+        await jobs.stop()
+        async with jobs.held():
+            await jobs.start()  # the startup run is skipped while held
+
+            async def skipped() -> None:
+                while not jobs.skipped:
+                    await asyncio.sleep(0)
+            await asyncio.wait_for(skipped(), timeout=10)
+            assert await jobs.run_now("slow", force=True)  # explicit runs still happen
+        assert order == ["run", "run finished", "held", "run", "run finished"]
+    finally:
+        await jobs.stop()
+        await store.close()
