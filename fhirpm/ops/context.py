@@ -8,12 +8,14 @@ the client is kept when it is sane; otherwise a new one is made.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
 import re
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 # What a client may send as X-Request-ID: log-safe characters only, bounded length.
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
@@ -28,9 +30,11 @@ class Exchange:
     path: str
     client: str | None  # the client's IP (after trusted forwarded headers)
     scheme: str
+    started: float = 0.0  # perf_counter() at arrival
     label: str | None = None  # an interaction named by the handler (batch | transaction)
     timed_out: bool = False  # the time limit cancelled it (fhirpm.ops.deadline)
     status: int = 0  # the response's status once it has started; 0 until then
+    task: asyncio.Task[Any] | None = None  # serving it, while a time limit applies
 
 
 _current: ContextVar[Exchange | None] = ContextVar("fhirpm_exchange", default=None)

@@ -68,7 +68,7 @@ class EdgeMiddleware:
             client = scope["client"][0] if scope.get("client") else None
         exchange = context.Exchange(context.request_id(headers.get(b"x-request-id")),
                                     scope["method"], scope["path"], client,
-                                    scope.get("scheme", "http"))
+                                    scope.get("scheme", "http"), start)
         token = context._current.set(exchange)
         ops = self.ops
         ops.in_flight += 1
@@ -89,9 +89,7 @@ class EdgeMiddleware:
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
-                exchange.status = message["status"]
-                if deadlines is not None:
-                    deadlines.stop(exchange)  # the time limit is until the response starts
+                exchange.status = message["status"]  # the time limit ends here too
                 # in place, as Starlette's own middleware does: the dict is the app's
                 # message, made for this call
                 message["headers"] = edge_headers(message.get("headers") or [], exchange, cors)
@@ -125,9 +123,6 @@ class EdgeMiddleware:
             err = FhirError(Category.INTERNAL, "Internal server error; see the server log "
                             f"(request {exchange.request_id})")
             await error_response(err)(scope, receive, send_wrapper)
-        finally:
-            if deadlines is not None and not exchange.status:
-                deadlines.stop(exchange)
         if exchange.timed_out and not exchange.status:
             await self._timed_out(scope, receive, send_wrapper, exchange)
 

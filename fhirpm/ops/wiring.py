@@ -50,7 +50,8 @@ class Ops:
         self.auth_mount = AUTH_MOUNT
         self.base_host = urlsplit(settings.fhir_base).netloc.lower()
         self.proxies = TrustedProxies(conf.trusted_proxies)
-        self.deadlines = Deadlines(conf.request_timeout) if conf.request_timeout else None
+        self.deadlines = (Deadlines(conf.request_timeout, context._current)
+                          if conf.request_timeout else None)
         self.access_log = conf.access_log
         self.hsts = f"max-age={conf.hsts_seconds}".encode() if conf.hsts_seconds else None
         self.cors = self._cors(conf.cors_origins, store, auth)
