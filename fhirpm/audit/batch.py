@@ -38,7 +38,9 @@ class GroupCommit:
         self._queue.append((events, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="audit-group-commit")
-        await asyncio.shield(future)  # a cancelled request must not cancel the group
+        # A cancelled request cancels only its own future: its events stay queued and are
+        # written with the group (the flusher skips futures already done), so no shield.
+        await future
 
     def enqueue(self, events: Sequence[Any]) -> asyncio.Future[None] | None:
         """Queue `events` without waiting (for callers that must not wait: see Recorder)."""

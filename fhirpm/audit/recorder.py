@@ -113,6 +113,7 @@ class Recorder:
         self.exchange = exchange or (lambda: None)
         self.batch = GroupCommit(self._store_group, max_events=batch_max)
         self.hooks: Any = None  # the AuditHooks of the auth server and HL7 v2 (wiring)
+        self._patients_by_version: dict[tuple[str, str, int], list[str]] = {}
 
     # -- storing -------------------------------------------------------------------------
 
@@ -339,7 +340,15 @@ class Recorder:
             return [version.id]
         if not version.body or not patient_params(version.type):
             return []  # a deletion's patients: see _deleted_patients
-        return self._patients_of(version.type, version.id, orjson.loads(version.body))
+        # a version never changes: reads of the same one (the common case) reuse the answer
+        key = (version.type, version.id, version.version)
+        found = self._patients_by_version.get(key)
+        if found is None:
+            if len(self._patients_by_version) >= _PATIENTS_CACHED:
+                self._patients_by_version.clear()
+            found = self._patients_by_version[key] = self._patients_of(
+                version.type, version.id, orjson.loads(version.body))
+        return found
 
     def _patients_of(self, type_: str, id_: str, resource: dict[str, Any]) -> list[str]:
         if type_ == "Patient":
@@ -376,6 +385,7 @@ class Recorder:
 
 
 _ATTEMPTS = 5
+_PATIENTS_CACHED = 20_000  # versions whose patients are remembered (then start afresh)
 
 
 async def _backoff(attempt: int) -> None:

@@ -122,6 +122,8 @@ class AuditView:
             return await self._search(query)
         if any(i.source == TYPE for i in query.revinclude):
             raise _refused("_revinclude")
+        if any(_has_audit(c) for c in query.where):
+            raise _refused("_has")
         if TYPE in query.types:  # several types (a compartment's `*`): the others only
             query = replace(query, types=tuple(t for t in query.types if t != TYPE))
         return await self.inner.search(query)
@@ -287,6 +289,19 @@ def _check_clause(clause: Clause) -> None:
     if isinstance(clause, AnyOf | AllOf):
         for inner in clause.clauses:
             _check_clause(inner)
+
+
+def _has_audit(clause: Clause) -> bool:
+    """Whether a clause of another type's search asks about AuditEvents (`_has`)."""
+    if isinstance(clause, Has):
+        return clause.type == TYPE or _has_audit(clause.clause)
+    if isinstance(clause, Not):
+        return _has_audit(clause.clause)
+    if isinstance(clause, AnyOf | AllOf):
+        return any(_has_audit(c) for c in clause.clauses)
+    if isinstance(clause, Chain):
+        return any(_has_audit(c) for _, c in clause.targets)
+    return False
 
 
 def _position(cursor: str | None, descending: bool) -> int | None:
