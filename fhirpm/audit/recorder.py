@@ -120,8 +120,7 @@ class Recorder:
     async def _store_group(self, drafts: list[AuditDraft]) -> None:
         for attempt in range(_ATTEMPTS):
             try:
-                async with self.trail.store.unit_of_work() as unit:
-                    await self.trail.append(unit, drafts)
+                await self.trail.commit(drafts)
             except VersionConflict:  # another node took the chain's next position first
                 if attempt == _ATTEMPTS - 1:
                     raise

@@ -70,6 +70,10 @@ class Trail:
     def seal(self, payload: bytes, seq: int, previous: str) -> str:
         return chain.digest(payload, seq, previous, self.key)
 
+    async def commit(self, drafts: Sequence[AuditDraft]) -> None:
+        """Store `drafts` now, in a transaction of their own."""
+        await self.store.audit_commit(drafts, self.seal)
+
     async def append(self, unit: UnitOfWork, drafts: Sequence[AuditDraft]) -> None:
         """Put `drafts` into `unit`: they are sealed and stored when it commits, or not
         at all."""

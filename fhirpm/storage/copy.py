@@ -229,7 +229,8 @@ def run_command(args: argparse.Namespace, indexer_for: IndexerFor) -> int:
         print(f"fhirpm store copy: {exc}", file=sys.stderr)
         return 1
     print(f"copied {report.copied} versions ({report.skipped} already there), "
-          f"{report.audit} audit log entries and {report.documents} documents; verified {sum(report.versions.values())} versions "
+          f"{report.audit} audit log entries and {report.documents} documents; verified "
+          f"{sum(report.versions.values())} versions "
           f"and {sum(report.live.values())} live resources in {len(report.versions)} types",
           flush=True)
     return 0

@@ -185,11 +185,15 @@ class ResourceStore(Protocol):
 
     async def expunge(self, type: str, ids: Sequence[str]) -> int:
         """Remove these resources for good: every version (history and change log rows),
-        index entries and unique keys. Only for data past retention (the audit trail's
-        purge); the FHIR API only ever deletes as versioned tombstones. Returns how many
+        index entries and unique keys. Only for data past a retention period (operators'
+        tools); the FHIR API only ever deletes as versioned tombstones. Returns how many
         of the resources existed. Idempotent."""
 
     # -- the audit log: append-only, hash-chained, outside the resource tables ---------
+
+    async def audit_commit(self, drafts: Sequence[AuditDraft], seal: Sealer) -> None:
+        """Append `drafts` in a transaction of their own, now (as `audit_append` in a unit
+        of work that writes nothing else; the group commit of reads' records)."""
 
     async def audit_head(self) -> AuditEntry | None:
         """The newest entry (None: the log is empty)."""

@@ -26,6 +26,13 @@ class AuditRefusingStore(SqliteResourceStore):
         async with super().unit_of_work() as unit:
             yield _Refusing(unit, self)
 
+    async def audit_commit(self, drafts: Any, seal: Any) -> None:
+        await super().audit_commit(drafts, _full if self.broken else seal)
+
+
+def _full(*_: Any) -> str:  # fails inside the commit's transaction, as a full disk would
+    raise StoreError("database or disk is full")
+
 
 class _Refusing:
     def __init__(self, unit: Any, store: AuditRefusingStore) -> None:
@@ -33,13 +40,7 @@ class _Refusing:
         self._store = store
 
     async def audit_append(self, drafts: Any, seal: Any) -> None:
-        if not self._store.broken:
-            await self._unit.audit_append(drafts, seal)
-            return
-
-        def full(*_: Any) -> str:  # fails inside the commit's transaction, as a disk would
-            raise StoreError("database or disk is full")
-        await self._unit.audit_append(drafts, full)
+        await self._unit.audit_append(drafts, _full if self._store.broken else seal)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._unit, name)

@@ -30,7 +30,7 @@ async def append(store: ResourceStore, *drafts: AuditDraft) -> None:
 async def test_appends_are_sealed_in_order_and_found(store: ResourceStore) -> None:
     assert await store.audit_head() is None
     await append(store, draft(1, "Patient/a", "Practitioner/x"), draft(2, "Patient/b"))
-    await append(store, draft(3, "Patient/a"))
+    await store.audit_commit([draft(3, "Patient/a")], seal)  # a transaction of its own
     everything = await store.audit_list(AuditSpan())
     assert [e.seq for e in everything] == [1, 2, 3]
     assert chain.verify(everything).ok

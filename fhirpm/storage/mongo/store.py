@@ -29,11 +29,13 @@ from fhirpm.storage.mongo import audit, documents, history, schema, txn, writes
 from fhirpm.storage.mongo import search as mongo_search
 from fhirpm.storage.mongo.unit import BufferedUnit, TransactionalUnit
 from fhirpm.storage.port import (
+    AuditDraft,
     AuditEntry,
     AuditSpan,
     Document,
     HistoryQuery,
     ResourceVersion,
+    Sealer,
     StoreError,
     UnitOfWork,
 )
@@ -212,6 +214,10 @@ class MongoResourceStore:
         return await self._guard(self._search_in(query, None), "search")
 
     # -- the audit log -------------------------------------------------------------------
+
+    async def audit_commit(self, drafts: Sequence[AuditDraft], seal: Sealer) -> None:
+        async with self.unit_of_work() as unit:
+            await unit.audit_append(drafts, seal)
 
     async def audit_head(self) -> AuditEntry | None:
         return await self._guard(audit.head(self.db), "audit log")

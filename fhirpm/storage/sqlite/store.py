@@ -231,6 +231,11 @@ class SqliteResourceStore:
 
     # -- the audit log -------------------------------------------------------------------
 
+    async def audit_commit(self, drafts: Sequence[AuditDraft], seal: Sealer) -> None:
+        # one trip and one transaction, without a unit of work's machinery: reads' records
+        # are committed in groups all day long
+        await self._in_transaction(lambda c: audit.append(c, drafts, seal))
+
     async def audit_head(self) -> AuditEntry | None:
         return audit.head(self._thread_connection(query_only=True))  # a point read, as read()
 
