@@ -61,6 +61,14 @@ class FhirEndpoint:
         self.mount = mount
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        await self.respond(scope, receive, send, (), None)
+
+    async def respond(self, scope: Scope, receive: Any, send: Any, tail: Any,
+                      exchange: Any) -> None:
+        """Serve one request, adding `tail` (header byte pairs) to the response's headers
+        and setting `exchange.status` (when given) just before the response starts: what
+        the edge middleware would do through a wrapped `send`, without one
+        (fhirpm.ops.middleware). The endpoint itself never sets a header in `tail`."""
         media = "application/fhir+json"
         pretty = False
         try:
@@ -79,6 +87,10 @@ class FhirEndpoint:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             err = FhirError(Category.INTERNAL, "Internal server error; see the server log")
             status, raw, body = _error(err, media, pretty)
+        if tail:
+            raw.extend(tail)
+        if exchange is not None:
+            exchange.status = status
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": body})
 
