@@ -95,6 +95,9 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
             if hl7 is not None:
                 await hl7.stop()
             await store.close()
+            from fhirpm.repository import prepare  # large transactions' worker processes
+
+            prepare.shutdown()
 
     app = FhirApp(title="fhirpm", version=__version__, lifespan=lifespan,
                   docs_url="/docs", openapi_url="/openapi.json", **_NO_OTEL)

@@ -29,7 +29,7 @@ from urllib.parse import urlencode
 
 from fhirpm.errors import Category, FhirError
 from fhirpm.fhir.bundles import bundle as make_bundle
-from fhirpm.repository import references
+from fhirpm.repository import prepare, references
 from fhirpm.repository.bundle_entries import (
     Entry,
     bundle_type,
@@ -181,15 +181,28 @@ async def run_transaction(ix: Interactions, req: FhirRequest,
         for entry in entries:
             await _resolve_references(ix, entry, refs, resolved, uow, strict=True)
         touched: dict[tuple[str, str], int] = {}
-        for entry in writes:
-            answer = await _must(ix.dispatch(entry.request(req.base, prefer, uow)), entry)
-            _check_once(touched, entry, answer)
-            answers[entry.index] = response_entry(req.base, entry, answer, prefer)
+        async with prepare.ahead(ix.repo, _final(writes)):
+            for entry in writes:
+                answer = await _must(ix.dispatch(entry.request(req.base, prefer, uow)), entry)
+                _check_once(touched, entry, answer)
+                answers[entry.index] = response_entry(req.base, entry, answer, prefer)
     for entry in entries:
         if entry.method in ("GET", "HEAD"):
             answers[entry.index] = await _read_entry(ix, req, entry, prefer)
     out = [answers[e.index] for e in entries]
     return FhirResponse(200, make_bundle("transaction-response", out, timestamp=now_instant()))
+
+
+def _final(writes: list[Entry]) -> list[prepare.Item]:
+    """The resources of creates and updates as they will be written (ids given, references
+    rewritten), in write order: validated and indexed ahead in worker processes."""
+    out: list[prepare.Item] = []
+    for e in writes:
+        if e.method == "POST" and e.assigned_id is not None:
+            out.append((e.type or "", e.assigned_id, e.resource))
+        elif e.method == "PUT" and e.id is not None and isinstance(e.resource, dict):
+            out.append((e.type or "", e.id, e.resource))
+    return out
 
 
 async def _must(call: Any, entry: Entry) -> Any:

@@ -89,6 +89,9 @@ class Repository:
         # the search parameters in force (search parsing, capability, custom parameters)
         self.registry = registry if registry is not None else Registry.load_default()
         self._rules: dict[str, list[WriteRule]] = {}
+        # validation and extraction done ahead, by id() of the resource dict a write will
+        # be given (a large transaction's, in worker processes: fhirpm.repository.prepare)
+        self.prepared: dict[int, Any] = {}
 
     def add_rule(self, type: str, rule: WriteRule) -> None:
         """Run `rule` on every write of `type` (see WriteRule)."""
@@ -207,13 +210,10 @@ class Repository:
         last_updated = _after(current)
         stored = _with_meta(resource, id, version_number, last_updated)
         body = jsonio.dumps(stored)
-        issues = self.validator.validate(stored, body)
-        errors = [i for i in issues if i.severity in ("error", "fatal")]
-        if errors:
-            raise FhirError(Category.INVALID, errors[0].diagnostics, issues=errors)
+        entries = await self._checked(type, resource, stored, body)
         version = ResourceVersion(type, id, version_number, last_updated, method, body)
-        await self._put(unit, version, self.indexer.extract(type, stored),
-                        current.version if current else 0, unique_keys)
+        await self._put(unit, version, entries, current.version if current else 0,
+                        unique_keys)
         if await self._run_rules(unit, type, id, current if live else None, stored, method):
             # a rule may have written this resource again (a virtual visit's join link):
             # the caller answers with what the unit will commit, not the first draft
@@ -221,6 +221,23 @@ class Repository:
             if latest is not None and latest.version > version.version:
                 version = latest
         return WriteResult(version, created=not live)
+
+    async def _checked(self, type: str, resource: dict[str, Any], stored: dict[str, Any],
+                       body: bytes) -> list:
+        """Validate `stored` (serialised as `body`), then extract its index entries; or take
+        both from what was prepared ahead for `resource` (fhirpm.repository.prepare)."""
+        ready = self.prepared.pop(id(resource), None) if self.prepared else None
+        done = None
+        if ready is not None and ready.resource is resource:
+            done = await ready.result(self.indexer, type, stored)
+        if done is None:
+            issues, entries = self.validator.validate(stored, body), None
+        else:
+            issues, entries = done
+        errors = [i for i in issues if i.severity in ("error", "fatal")]
+        if errors:
+            raise FhirError(Category.INVALID, errors[0].diagnostics, issues=errors)
+        return entries if entries is not None else self.indexer.extract(type, stored)
 
     async def _run_rules(self, unit: UnitOfWork, type: str, id: str,
                          current: ResourceVersion | None, after: dict[str, Any] | None,

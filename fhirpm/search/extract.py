@@ -37,7 +37,9 @@ passed validation and indexing must not fail a write.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Collection, Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import lru_cache, partial
 from typing import Any, Protocol
@@ -97,8 +99,33 @@ def _token_value(system: str | None, code: str | None, text: str | None = None) 
 
 @lru_cache(maxsize=_CACHE)
 def _date_value(text: str) -> DateValue | None:
-    found = date_range(text)
+    found = _text_range(text)
     return DateValue(*found) if found is not None else None
+
+
+def _text_range(text: str) -> tuple[int, int] | None:
+    return _instant_range(text) or date_range(text)
+
+
+# A dateTime to the second (or finer) with a zone, as servers and Synthea write them:
+# `datetime.fromisoformat` reads it several times faster than the general `date_range`
+# (every resource has at least one: `meta.lastUpdated`); anything else goes the long way.
+_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _instant_range(text: str) -> tuple[int, int] | None:
+    """[lo, hi] in epoch microseconds, as `date_range` gives; None: not this form."""
+    m = _INSTANT.fullmatch(text)
+    if m is None or text.startswith("9999"):  # the end of time: date_range's own rules
+        return None
+    try:
+        delta = datetime.fromisoformat(text) - _EPOCH
+    except ValueError:
+        return None
+    lo = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    digits = len(m[1]) - 1 if m[1] else 0
+    return lo, lo + 10 ** (6 - digits) - 1
 
 
 @lru_cache(maxsize=_CACHE)
@@ -210,8 +237,8 @@ def _localise(ref: str, local_base: str | None) -> str:
 
 
 def _period(start: Any, end: Any) -> DateValue | None:
-    lo_range = date_range(start) if isinstance(start, str) else None
-    hi_range = date_range(end) if isinstance(end, str) else None
+    lo_range = _text_range(start) if isinstance(start, str) else None
+    hi_range = _text_range(end) if isinstance(end, str) else None
     lo = lo_range[0] if lo_range else None
     hi = hi_range[1] if hi_range else None
     if lo is None and hi is None:
@@ -235,7 +262,7 @@ def _date(value: Any) -> Iterator[IndexValue]:
 
 def _timing(timing: dict[str, Any]) -> Iterator[DateValue]:
     ranges = [r for e in timing.get("event") or () if isinstance(e, str)
-              for r in (date_range(e),) if r is not None]
+              for r in (_text_range(e),) if r is not None]
     repeat = timing.get("repeat")
     bounds = repeat.get("boundsPeriod") if type(repeat) is dict else None
     if type(bounds) is dict:
@@ -314,18 +341,26 @@ class RegistryIndexer:
         self.local_base = local_base.rstrip("/") if local_base else None
         self.skipped: dict[str, str] = {}  # parameter url -> why its expression is not used
         self._plans: dict[str, list[Step]] = {}
+        self._meta: dict[str, list[Step]] = {}  # plan steps that read server meta
         self._revision = registry.revision
 
     def extract(self, type: str, resource: dict[str, Any], *,
-                only: Collection[str] | None = None) -> list[IndexEntry]:
-        """`only`: just these parameter codes (an access check needs a few, not all)."""
+                only: Collection[str] | None = None,
+                exclude: Collection[str] = ()) -> list[IndexEntry]:
+        """`only`: just these parameter codes (an access check needs a few, not all);
+        `exclude`: all but these (`meta_codes`, when the meta is not final yet)."""
+        return self._run(type, self.plan(type), resource, only, exclude)
+
+    def _run(self, type: str, steps: list[Step], resource: dict[str, Any],
+             only: Collection[str] | None = None,
+             exclude: Collection[str] = ()) -> list[IndexEntry]:
         entries: list[IndexEntry] = []
         focus, env = [resource], (resource, resource)
         present = resource.keys()
-        for code, convert, fn, keys, of_type in self.plan(type):
+        for code, convert, fn, keys, of_type in steps:
             if keys is not None and present.isdisjoint(keys):
                 continue  # none of the elements it reads is there: skip the call
-            if only is not None and code not in only:
+            if (only is not None and code not in only) or code in exclude:
                 continue
             try:
                 values = fn(focus, env)
@@ -345,10 +380,31 @@ class RegistryIndexer:
                             extra={"param": code, "resource_type": type})
         return entries
 
+    def meta_codes(self, type: str) -> frozenset[str]:
+        """The codes of `type` whose values may depend on what the server sets when it
+        writes (`meta.versionId`, `meta.lastUpdated`: `_lastUpdated`), or on anything
+        (expressions whose elements are not known): what must be extracted again once a
+        resource extracted ahead has its real meta (`extract_meta`)."""
+        return frozenset(step[0] for step in self._meta_steps(type))
+
+    def extract_meta(self, type: str, resource: dict[str, Any]) -> list[IndexEntry]:
+        """`extract(type, resource, only=meta_codes(type))`, without walking the others."""
+        return self._run(type, self._meta_steps(type), resource)
+
+    def _meta_steps(self, type: str) -> list[Step]:
+        steps = self.plan(type)  # first: a registry change clears the meta steps too
+        found = self._meta.get(type)
+        if found is None:
+            params = self.registry.for_type(type)
+            found = self._meta[type] = [step for step in steps if _reads_server_meta(
+                params[step[0]], type, step[3])]
+        return found
+
     def plan(self, type: str) -> list[Step]:
         """The compiled steps for `type`, rebuilt when the registry changes."""
         if self._revision != self.registry.revision:
             self._plans.clear()
+            self._meta.clear()
             self._revision = self.registry.revision
         steps = self._plans.get(type)
         if steps is None:
@@ -392,6 +448,20 @@ class RegistryIndexer:
                 log.warning("search parameter not indexed: %s", exc,
                             extra={"param": param.code, "url": param.url})
             return None
+
+
+_SERVER_META = ("versionId", "lastUpdated")
+
+
+def _reads_server_meta(param: SearchParamDef, type: str, keys: frozenset[str] | None) -> bool:
+    """Whether a parameter's values may change when the server sets versionId and
+    lastUpdated (True when its expression is not a plain path: it might)."""
+    if keys is not None and "meta" not in keys:
+        return False
+    chains = fhirpath.member_chains(param.expression or "", type)
+    if chains is None:
+        return True
+    return any(c[0] == "meta" and (len(c) == 1 or c[1] in _SERVER_META) for c in chains)
 
 
 def index_values(param_type: str, value: Any) -> list[IndexValue]:
