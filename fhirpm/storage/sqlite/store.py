@@ -209,25 +209,18 @@ class SqliteResourceStore:
 
     async def expunge(self, type: str, ids: Sequence[str]) -> int:
         def run(c: sqlite3.Connection) -> int:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                found = 0
-                for id in ids:
-                    row = c.execute("SELECT rid FROM resources WHERE type = ? AND id = ?",
-                                    (type, id)).fetchone()
-                    if row is not None:
-                        found += 1
-                        index.replace(c, row[0], (), had_rows=True, type=type)
-                        c.execute("DELETE FROM resources WHERE rid = ?", (row[0],))
-                    c.execute("DELETE FROM history WHERE type = ? AND id = ?", (type, id))
-                    c.execute("DELETE FROM unique_keys WHERE type = ? AND id = ?", (type, id))
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
+            found = 0
+            for id in ids:
+                row = c.execute("SELECT rid FROM resources WHERE type = ? AND id = ?",
+                                (type, id)).fetchone()
+                if row is not None:
+                    found += 1
+                    index.replace(c, row[0], (), had_rows=True, type=type)
+                    c.execute("DELETE FROM resources WHERE rid = ?", (row[0],))
+                c.execute("DELETE FROM history WHERE type = ? AND id = ?", (type, id))
+                c.execute("DELETE FROM unique_keys WHERE type = ? AND id = ?", (type, id))
             return found
-        async with self._write_lock:
-            return await self._write(run)
+        return await self._in_transaction(run)
 
     # -- the audit log -------------------------------------------------------------------
 
