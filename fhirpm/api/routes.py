@@ -192,17 +192,20 @@ def _last(params: tuple[tuple[str, str], ...], name: str) -> str | None:
 
 def _headers(raw: RawHeaders) -> tuple[dict[str, str], dict[bytes, bytes]]:
     """(the headers interactions read, the edge's own), first occurrence of each; ASGI
-    names are lower-case bytes."""
+    names are lower-case bytes, and only the names we read are decoded."""
     headers: dict[str, str] = {}
     edge: dict[bytes, bytes] = {}
     for raw_name, raw_value in raw:
-        if raw_name in _EDGE_HEADERS:
+        name = _FORWARDED_NAMES.get(raw_name)
+        if name is not None:
+            if name not in headers:
+                headers[name] = raw_value.decode("latin-1")
+        elif raw_name in _EDGE_HEADERS:
             edge.setdefault(raw_name, raw_value)
-            continue
-        name = raw_name.decode("latin-1")
-        if name in _FORWARDED_HEADERS and name not in headers:
-            headers[name] = raw_value.decode("latin-1")
     return headers, edge
+
+
+_FORWARDED_NAMES = {name.encode("latin-1"): name for name in _FORWARDED_HEADERS}
 
 
 def _too_large(limit: int) -> FhirError:
@@ -224,11 +227,14 @@ def _error(err: FhirError, media: str, pretty: bool) -> tuple[int, RawHeaders, b
 
 def _message(status: int, headers: dict[str, str] | None, body: bytes | None,
              media: str) -> tuple[int, RawHeaders, bytes]:
-    raw = _raw(headers)
-    names = {name for name, _ in raw} if raw else ()
-    if status >= 200 and status not in _NO_LENGTH and b"content-length" not in names:
+    if headers:
+        names, has_length, has_type = _LAYOUTS.get(tuple(headers)) or _layout(headers)
+        raw = list(zip(names, [v.encode("latin-1") for v in headers.values()], strict=True))
+    else:
+        raw, has_length, has_type = [], False, False
+    if status >= 200 and status not in _NO_LENGTH and not has_length:
         raw.append((b"content-length", b"%d" % len(body or b"")))
-    if body is not None and b"content-type" not in names:
+    if body is not None and not has_type:
         raw.append((b"content-type", _content_type(media)))
     return status, raw, body or b""
 
@@ -237,6 +243,19 @@ def _raw(headers: dict[str, str] | None) -> RawHeaders:
     if not headers:
         return []
     return [(_name(k), v.encode("latin-1")) for k, v in headers.items()]
+
+
+# A handler's header names, in order, as raw names and whether they include the length
+# and type: handlers answer with a few fixed sets (a read: ETag, Last-Modified).
+_LAYOUTS: dict[tuple[str, ...], tuple[tuple[bytes, ...], bool, bool]] = {}
+
+
+def _layout(headers: dict[str, str]) -> tuple[tuple[bytes, ...], bool, bool]:
+    names = tuple(_name(k) for k in headers)
+    found = (names, b"content-length" in names, b"content-type" in names)
+    if len(_LAYOUTS) < 256:
+        _LAYOUTS[tuple(headers)] = found
+    return found
 
 
 _NAMES: dict[str, bytes] = {}

@@ -81,9 +81,17 @@ class Histogram:
     def observe(self, values: Labels, amount: float) -> None:
         row = self.series.get(values)
         if row is None:
-            row = self.series[values] = [0.0] * (len(self.buckets) + 2)
+            row = self.row(values)
         row[bisect_left(self.buckets, amount)] += 1
         row[-1] += amount
+
+    def row(self, values: Labels) -> list[float]:
+        """The series of `values` (made empty if new), for a caller that observes one
+        series often: `row[bisect_left(buckets, amount)] += 1; row[-1] += amount`."""
+        found = self.series.get(values)
+        if found is None:
+            found = self.series[values] = [0.0] * (len(self.buckets) + 2)
+        return found
 
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]

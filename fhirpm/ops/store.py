@@ -7,6 +7,7 @@ by operation (read, vread, search, history, commit, ...); anything the port does
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from time import perf_counter
@@ -27,15 +28,21 @@ class TimedStore:
             setattr(self, name, self._timed(name, getattr(store, name)))
 
     def _timed(self, name: str, call: Any) -> Any:
-        observe = self._histogram.observe
-        labels = (name,)
+        histogram = self._histogram
+        buckets = histogram.buckets
+        row: list[float] | None = None  # the operation's series, bound at its first call
 
         async def timed(*args: Any, **kwargs: Any) -> Any:
+            nonlocal row
             start = perf_counter()
             try:
                 return await call(*args, **kwargs)
             finally:
-                observe(labels, perf_counter() - start)
+                seconds = perf_counter() - start
+                if row is None:
+                    row = histogram.row((name,))
+                row[bisect_left(buckets, seconds)] += 1
+                row[-1] += seconds
         timed.__name__ = name
         return timed
 
