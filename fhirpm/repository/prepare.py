@@ -19,8 +19,8 @@ tuples (`search.entry_codec`) the other.
 One pool per process, started on first use with cores - 1 workers (none on one core),
 used once its workers are up; until then, and for small transactions, custom search
 parameters, another validator or indexer, or any failure of the pool, everything happens
-in-process as before. The first chunk of a transaction always stays in-process, so the
-event loop starts at once while the workers take the rest; a chunk no worker has picked up
+in-process as before. The first few resources of a transaction always stay in-process, so
+the event loop starts at once while the workers take the rest; a chunk no worker has picked up
 yet when its first entry is written is cancelled and done in-process too. `shutdown()`
 stops the workers (the app's lifespan calls it; interpreter exit would too).
 """
@@ -34,7 +34,7 @@ import multiprocessing.connection
 import os
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import asynccontextmanager
 from functools import cache
@@ -54,8 +54,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fhirpm.prepare")
 
-CHUNK = 24  # resources per task: the pickling overhead of a task is amortised over them
-MIN_WRITES = 2 * CHUNK  # smaller transactions stay in-process (the first chunk always does)
+# The event loop prepares the first FIRST resources itself while a worker takes the next
+# FIRST; tasks then double up to CHUNK resources (a task's overhead is amortised over its
+# resources, but the loop must not wait long for the first results).
+FIRST = 8
+CHUNK = 32
+MIN_WRITES = 32  # smaller transactions stay in-process
 PLACEHOLDER_INSTANT = "1970-01-01T00:00:00.000000Z"
 
 Item = tuple[str, str, dict[str, Any]]  # (type, id, resource as it will be stored, less meta)
@@ -256,8 +260,8 @@ async def ahead(repo: Repository, items: Sequence[Item]) -> AsyncIterator[int]:
     pool = _started(local_base) if eligible else None
     if pool is not None:
         try:
-            for start in range(CHUNK, len(items), CHUNK):
-                part = list(items[start:start + CHUNK])
+            for start, end in _spans(len(items)):
+                part = list(items[start:end])
                 chunk = pool.submit(_prepare_chunk, local_base, part)
                 chunk.add_done_callback(_chunk_done)
                 chunks.append(chunk)
@@ -274,3 +278,12 @@ async def ahead(repo: Repository, items: Sequence[Item]) -> AsyncIterator[int]:
             repo.prepared.pop(id(resource), None)
         for chunk in chunks:
             chunk.cancel()  # the transaction failed early: no work for nothing
+
+
+def _spans(count: int) -> Iterator[tuple[int, int]]:
+    """The [start, end) of each task: all but the first FIRST items, in growing chunks."""
+    start, size = FIRST, FIRST
+    while start < count:
+        yield start, min(start + size, count)
+        start += size
+        size = min(2 * size, CHUNK)

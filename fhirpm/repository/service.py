@@ -63,7 +63,8 @@ class WriteResult:
 
 def now_instant() -> str:
     """The current time as a fixed-width FHIR instant (comparable as text)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # = strftime("%Y-%m-%dT%H:%M:%S.%fZ") at less than half the cost (once per write)
+    return datetime.now(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def new_id() -> str:

@@ -25,7 +25,7 @@ from fhirpm.repository.service import _with_meta
 from tests.api.test_bundle import count, post, send, tx
 from tests.conftest import BASE
 
-N = prepare.MIN_WRITES + 2 * prepare.CHUNK  # several chunks beyond the in-process first one
+N = prepare.MIN_WRITES + 2 * prepare.CHUNK  # several tasks beyond the in-process first few
 
 
 def _need_workers() -> None:
@@ -77,10 +77,10 @@ async def test_workers_results_are_what_the_write_would_compute(app: FastAPI,
     observations[N - 1]["status"] = "not-a-status"
     items = [("Observation", o["id"], o) for o in observations]
     async with prepare.ahead(repo, items) as handed:
-        assert handed == N - prepare.CHUNK
-        prepared = [repo.prepared[id(o)] for o in observations[prepare.CHUNK:]]
+        assert handed == N - prepare.FIRST
+        prepared = [repo.prepared[id(o)] for o in observations[prepare.FIRST:]]
         await asyncio.wait([asyncio.wrap_future(p._chunk) for p in prepared])
-        for ready, observation in zip(prepared, observations[prepare.CHUNK:], strict=True):
+        for ready, observation in zip(prepared, observations[prepare.FIRST:], strict=True):
             stored = _with_meta(observation, observation["id"], 1, "2026-11-28T18:00:00Z")
             errors, entries = await ready.result(repo.indexer, "Observation", stored)
             if observation["status"] == "final":
@@ -102,7 +102,7 @@ async def test_a_large_transaction_is_prepared_ahead_and_searchable(
     entries = response.json()["entry"]
     assert all(e["response"]["status"].startswith("201") for e in entries)
     handed = prepare.counts["ahead"] + prepare.counts["in-process"] - before
-    assert handed == N + 1 - prepare.CHUNK  # all but the first chunk went to the pool
+    assert handed == N + 1 - prepare.FIRST  # all but the first few went to the pool
     patient = entries[0]["response"]["location"].split("/")[-3]
     found = await client.get("Observation", params={
         "subject": f"Patient/{patient}", "value-quantity": "72.50|http://unitsofmeasure.org|kg",
