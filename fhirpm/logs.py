@@ -204,9 +204,11 @@ class AccessLine:
             for handler in current.handlers:
                 if found is not None or type(handler) is not JsonLinesHandler:
                     return None
-                if handler.level > logging.INFO or not all(
-                        isinstance(f, self.annotators) for f in handler.filters):
+                if handler.level > logging.INFO:
                     return None
+                for known in handler.filters:  # a loop, not all(...): no generator per line
+                    if not isinstance(known, self.annotators):
+                        return None
                 found = handler
             current = current.parent if current.propagate else None
         return found

@@ -73,9 +73,11 @@ class FhirEndpoint:
         pretty = False
         try:
             params = _query(scope["query_string"])
-            pretty = wants_pretty(_last(params, "_pretty"))
+            if params:  # a read by id usually has none
+                pretty = wants_pretty(_last(params, "_pretty"))
             headers, edge = _headers(scope["headers"])
-            media = response_media_type(_last(params, "_format"), headers.get("accept"))
+            media = response_media_type(_last(params, "_format") if params else None,
+                                        headers.get("accept"))
             fhir_request = await self._fhir_request(scope, receive, params, headers, edge)
             answer = await self.interactions.dispatch(fhir_request)
             status, raw, body = _render(answer, media, pretty)
