@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 
 from starlette.responses import JSONResponse, Response
 
-from fhirpm.api.routes import error_response
+from fhirpm.api.routes import FhirEndpoint, error_response
 from fhirpm.errors import Category, FhirError, Issue
 from fhirpm.logs import AccessLine
 from fhirpm.ops import context
@@ -53,9 +53,9 @@ class EdgeMiddleware:
         self.deadlines = ops.deadlines
         self.requests = ops.requests
         self.hsts = ops.hsts
-        # An app that adds the edge's response headers itself (the FHIR endpoint's
-        # `respond`) is called without a wrapped `send`: one layer fewer on every read.
-        self.direct = getattr(app, "respond", None)
+        # The FHIR endpoint adds the edge's response headers itself (`respond`), so it is
+        # called without a wrapped `send`: one layer fewer on every read.
+        self.direct = app.respond if isinstance(app, FhirEndpoint) else None
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":

@@ -84,3 +84,22 @@ PATHS = ["/fhir/Patient/1", "/fhir/Invented/1", "/fhir/Patient/_history",
 def test_the_one_resource_short_cut_classifies_as_the_walk_does(method: str) -> None:
     for path in PATHS:
         assert classify(method, path) == _walk(method, path, "/fhir", None), path
+
+
+async def test_a_fhir_response_carries_the_edge_headers_once_after_its_own(
+        tmp_path) -> None:
+    from tests.ops.conftest import FHIR_JSON, ops_settings, running
+
+    patient = {"resourceType": "Patient", "id": "p1"}
+    async with running(ops_settings(tmp_path)) as (app, client):
+        assert app.fhir_fast_path.direct is not None  # no wrapped send for FHIR requests
+        await client.put("/fhir/Patient/p1", json=patient, headers=FHIR_JSON)
+        read = await client.get("/fhir/Patient/p1", headers={"X-Request-ID": "r-9"})
+        missing = await client.get("/fhir/Patient/nope")
+    names = [name.decode() for name, _ in read.headers.raw]
+    assert names == ["etag", "last-modified", "content-length", "content-type",
+                     "x-request-id", "x-content-type-options"]
+    assert read.headers["x-request-id"] == "r-9"
+    assert missing.status_code == 404
+    assert [n.decode() for n, _ in missing.headers.raw].count("x-content-type-options") == 1
+    assert missing.headers["x-request-id"]
