@@ -35,7 +35,7 @@ from fhirpm.repository import reindex
 from fhirpm.repository.interactions import FhirRequest, Interactions
 from fhirpm.repository.service import new_id, now_instant
 from fhirpm.search.parse import SearchParser
-from fhirpm.search.query import Param, RefPred, SearchQuery, TokenPred
+from fhirpm.search.query import AnyOf, Clause, Param, RefPred, SearchQuery, TokenPred
 from fhirpm.storage.port import ResourceVersion, UnitOfWork
 
 RETRIES = 3  # a unit that lost a race (MongoDB commit, 409/412) is rebuilt from fresh reads
@@ -329,15 +329,23 @@ def _same_instant(a: str, b: str) -> bool:
 
 def _identity_query(type_: str, kind: str, chunk: list[MappedResource]) -> SearchQuery:
     """`identifier=s|v,...` or `_id=a,...` as the parser would build it (the values are
-    data, not query text: nothing to escape or parse)."""
+    data, not query text: nothing to escape or parse). Several identifiers are OR-ed as
+    one clause per identifier (`AnyOf`), not one clause with several values: the same
+    matches, but SQLite finds each by its (parameter, code) index entry, where a clause
+    with several values reads every identifier of the type (a kitchen-sink message names
+    several practitioners: the lookup grew with the data)."""
     if kind == "_id":
-        preds = tuple(TokenPred(code=i) for i in sorted({r.identity.id or "" for r in chunk}))
-    else:
-        preds = tuple(TokenPred(code=v, system=s) for s, v in sorted(
-            {(r.identity.system, r.identity.value or "") for r in chunk},
-            key=lambda p: (p[0] or "", p[1])))
-    return SearchQuery(types=(type_,), where=(Param(kind, "token", preds),),
-                       count=3 * len(preds) + 1, total="none")
+        ids = tuple(TokenPred(code=i) for i in sorted({r.identity.id or "" for r in chunk}))
+        return SearchQuery(types=(type_,), where=(Param(kind, "token", ids),),
+                           count=3 * len(ids) + 1, total="none")
+    preds = tuple(TokenPred(code=v, system=s) for s, v in sorted(
+        {(r.identity.system, r.identity.value or "") for r in chunk},
+        key=lambda p: (p[0] or "", p[1])))
+    clause: Clause = Param(kind, "token", preds)
+    if len(preds) > 1:
+        clause = AnyOf(tuple(Param(kind, "token", (pred,)) for pred in preds))
+    return SearchQuery(types=(type_,), where=(clause,), count=3 * len(preds) + 1,
+                       total="none")
 
 
 def _new_id(res: MappedResource) -> str:
