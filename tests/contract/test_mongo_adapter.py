@@ -7,7 +7,8 @@ Runs against FHIRPM_TEST_MONGODB_URL when set, else the mongoeco emulator.
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
 import pytest
 from pymongo import AsyncMongoClient
@@ -172,18 +173,21 @@ async def test_non_string_ids_and_keys_are_refused(stores) -> None:
         await stores[0].doc_get("c", {"$ne": 1})
 
 
-def _closed_port() -> int:
+@contextmanager
+def _refusing_port() -> Iterator[int]:
+    """A loopback port that refuses connections while the block runs: bound here and never
+    listening, so no other process can take it (a port bound and closed again could be
+    handed to another process's server before the test connects to it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        yield s.getsockname()[1]
 
 
 async def test_an_unreachable_server_is_a_clear_error_without_credentials() -> None:
-    url = (f"mongodb://fhir:s3cret@127.0.0.1:{_closed_port()}/fhirpm"
-           "?serverSelectionTimeoutMS=300&directConnection=true")
-    store = MongoResourceStore(url)
-    with pytest.raises(StoreError) as failed:
-        await store.open()
+    with _refusing_port() as port, pytest.raises(StoreError) as failed:
+        url = (f"mongodb://fhir:s3cret@127.0.0.1:{port}/fhirpm"
+               "?serverSelectionTimeoutMS=300&directConnection=true")
+        await MongoResourceStore(url).open()
     message = str(failed.value)
     assert "unreachable" in message and "127.0.0.1" in message
     assert "s3cret" not in message and "fhir:" not in message
