@@ -4,14 +4,31 @@ does not offer. Each answer is checked against the stored chain itself."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
+from fhirpm.app import create_app
 from fhirpm.audit import view
 from fhirpm.audit.trail import event_id
-from tests.audit.conftest import PATIENT, chain_events, patient_of
+from tests.audit.conftest import PATIENT, audit_settings, chain_events, patient_of
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+async def audit_app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[FastAPI]:
+    """The app with the trail on, on each store: the view is the same code over both
+    stores' audit logs."""
+    settings = audit_settings(tmp_path)
+    if request.param == "mongo":
+        settings = settings.model_copy(update={"store_url": request.getfixturevalue(
+            "mongo_url")})
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        yield app
 
 
 async def seen(staff: httpx.AsyncClient, pid: str, reads: int) -> None:
