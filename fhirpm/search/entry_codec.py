@@ -10,7 +10,8 @@ bounded cache, as extraction itself memoises them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Any
 
 from fhirpm.search.values import (
@@ -28,9 +29,17 @@ Row = tuple[Any, ...]
 
 _KINDS: tuple[type, ...] = (StringValue, TokenValue, ReferenceValue, DateValue, NumberValue,
                             QuantityValue, UriValue)
-_KIND_OF = {cls: n for n, cls in enumerate(_KINDS)}
-_FIELDS = {cls: cls.__slots__ for cls in _KINDS}
+_REFERENCE = _KINDS.index(ReferenceValue)
 _IDENTIFIED = len(_KINDS)  # a ReferenceValue with an identifier: its token's fields follow
+
+
+def _fields_getter(cls: type) -> Callable[[Any], tuple[Any, ...]]:
+    get = attrgetter(*cls.__slots__)
+    return get if len(cls.__slots__) > 1 else lambda v: (get(v),)  # type: ignore[return-value]
+
+
+# per value class: (kind, its fields as a tuple), in one C call
+_ENCODER = {cls: (n, _fields_getter(cls)) for n, cls in enumerate(_KINDS)}
 
 _CACHE_LIMIT = 1 << 16
 _cache: dict[Row, IndexEntry] = {}
@@ -39,14 +48,14 @@ _cache: dict[Row, IndexEntry] = {}
 def encode(entries: Sequence[IndexEntry]) -> list[Row]:
     out: list[Row] = []
     for entry in entries:
-        v = entry.value
-        cls = type(v)
-        if cls is ReferenceValue and v.identifier is not None:  # type: ignore[union-attr]
-            ident = v.identifier  # type: ignore[union-attr]
-            out.append((entry.param, _IDENTIFIED, v.type, v.id, v.url,  # type: ignore[union-attr]
-                        v.version, ident.system, ident.code, ident.text))  # type: ignore[union-attr]
+        v: Any = entry.value
+        kind, fields = _ENCODER[type(v)]
+        if kind == _REFERENCE and v.identifier is not None:
+            ident = v.identifier
+            out.append((entry.param, _IDENTIFIED, v.type, v.id, v.url, v.version,
+                        ident.system, ident.code, ident.text))
         else:
-            out.append((entry.param, _KIND_OF[cls], *[getattr(v, f) for f in _FIELDS[cls]]))
+            out.append((entry.param, kind, *fields(v)))
     return out
 
 
