@@ -130,12 +130,11 @@ def shutdown() -> None:
 def _broken() -> None:
     """A worker died, or could not start (a script without a `__main__` guard cannot spawn
     workers): stop using the pool until `shutdown()`, rather than respawn it again and
-    again; writes prepare in-process meanwhile."""
+    again; writes prepare in-process meanwhile. Only a flag: this runs in the executor's
+    own callbacks, under its shutdown lock (`shutdown()` here would deadlock), and a broken
+    executor stops its workers itself."""
     global _failed
     _failed = True
-    pool = _pool
-    if pool is not None:
-        pool.shutdown(wait=False, cancel_futures=True)
 
 
 # -- in the workers -----------------------------------------------------------------------------

@@ -129,6 +129,21 @@ async def test_an_invalid_entry_in_a_workers_chunk_fails_the_whole_transaction(
     assert await count(client, "Patient") == 0
 
 
+async def test_a_killed_worker_leaves_transactions_whole_and_in_process(
+        client: httpx.AsyncClient, pool: None) -> None:
+    for worker in multiprocessing.active_children():
+        worker.kill()
+    response = await client.post("", content=_raw_bundle(N),
+                                 headers={"Content-Type": "application/fhir+json"})
+    assert response.status_code == 200, response.text
+    assert await count(client, "Observation") == N
+    response = await client.post("", content=_raw_bundle(N),  # the pool is not used again
+                                 headers={"Content-Type": "application/fhir+json"})
+    assert response.status_code == 200, response.text
+    assert await count(client, "Observation") == 2 * N
+    assert prepare._failed  # (and the app's shutdown, after this test, does not hang)
+
+
 async def test_the_workers_stop_when_the_app_stops(settings: Settings) -> None:
     _need_workers()
     app = create_app(settings)
