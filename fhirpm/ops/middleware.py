@@ -75,15 +75,45 @@ class EdgeMiddleware:
         token = context._current.set(exchange)
         ops = self.ops
         ops.in_flight += 1
-        try:
-            await self._serve(scope, receive, send, exchange, headers.get(b"origin"))
+        try:  # in this frame rather than a helper coroutine: one frame fewer per read
+            cors: list[tuple[bytes, bytes]] | None = None
+            origin = headers.get(b"origin")
+            if origin is not None or (exchange.method == "POST" and ops.limiter is not None):
+                cors, receive, answered = await self._admit(scope, receive, send, exchange,
+                                                            origin)
+                if answered:
+                    return
+            if self.deadlines is not None:
+                self.deadlines.start(exchange)
+            try:
+                if self.direct is not None:
+                    await self.direct(scope, receive, send, self._tail(exchange, cors),
+                                      exchange)
+                else:
+                    await self.app(scope, receive, self._wrap(send, exchange, cors))
+            except asyncio.CancelledError:
+                if not exchange.timed_out or exchange.status:
+                    raise
+            except Exception:
+                log.exception("unhandled error on %s %s", exchange.method, exchange.path)
+                if exchange.status:
+                    raise
+                err = FhirError(Category.INTERNAL, "Internal server error; see the server "
+                                f"log (request {exchange.request_id})")
+                await error_response(err)(scope, receive, self._wrap(send, exchange, cors))
+            if exchange.timed_out and not exchange.status:
+                await self._timed_out(scope, receive, self._wrap(send, exchange, cors),
+                                      exchange)
         finally:
             context._current.reset(token)
             ops.in_flight -= 1
             self._record(exchange, perf_counter() - start)
 
-    async def _serve(self, scope: Scope, receive: Any, send: Any, exchange: context.Exchange,
-                     origin: bytes | None) -> None:
+    async def _admit(self, scope: Scope, receive: Any, send: Any,
+                     exchange: context.Exchange, origin: bytes | None
+                     ) -> tuple[list[tuple[bytes, bytes]] | None, Any, bool]:
+        """CORS and rate limits: (the CORS response headers, the receive to use from now
+        on, whether the request has been answered here: a preflight, a refusal)."""
         ops = self.ops
         cors: list[tuple[bytes, bytes]] | None = None
         if origin is not None and ops.cors is not None and self._is_fhir(exchange.path):
@@ -91,7 +121,7 @@ class EdgeMiddleware:
             if _is_preflight(scope) and "/.well-known/" not in exchange.path:
                 await self._preflight(scope, receive, self._wrap(send, exchange, None),
                                       origin, allowed)
-                return
+                return None, receive, True
             if allowed:
                 cors = ops.cors.response_headers(origin)
         if exchange.method == "POST" and ops.limiter is not None:
@@ -100,26 +130,8 @@ class EdgeMiddleware:
                 receive, refused = await self._limit(rule, scope, receive, exchange)
                 if refused is not None:
                     await refused(scope, receive, self._wrap(send, exchange, cors))
-                    return
-        if self.deadlines is not None:
-            self.deadlines.start(exchange)
-        try:
-            if self.direct is not None:
-                await self.direct(scope, receive, send, self._tail(exchange, cors), exchange)
-            else:
-                await self.app(scope, receive, self._wrap(send, exchange, cors))
-        except asyncio.CancelledError:
-            if not exchange.timed_out or exchange.status:
-                raise
-        except Exception:
-            log.exception("unhandled error on %s %s", exchange.method, exchange.path)
-            if exchange.status:
-                raise
-            err = FhirError(Category.INTERNAL, "Internal server error; see the server log "
-                            f"(request {exchange.request_id})")
-            await error_response(err)(scope, receive, self._wrap(send, exchange, cors))
-        if exchange.timed_out and not exchange.status:
-            await self._timed_out(scope, receive, self._wrap(send, exchange, cors), exchange)
+                    return cors, receive, True
+        return cors, receive, False
 
     def _wrap(self, send: Any, exchange: context.Exchange,
               cors: list[tuple[bytes, bytes]] | None) -> Any:
