@@ -250,7 +250,8 @@ class GenerateSlots:
     async def job(self, repo: Repository) -> None:
         first, last = default_range(self.settings, self.clock().date())
         counts = await generate_all(repo, first, last, self.settings)
-        log.info("slots generated", extra={"job": JOB, **asdict(counts)})
+        # nested: a top-level `created` would clash with the LogRecord attribute (KeyError)
+        log.info("slots generated", extra={"job": JOB, "slots": asdict(counts)})
 
     def install(self, interactions: Interactions, jobs: Jobs) -> None:
         register(interactions, OperationSpec(

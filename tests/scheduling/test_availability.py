@@ -4,6 +4,7 @@ Slots, and the periodic job."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -186,9 +187,10 @@ async def short_horizon_app(tmp_path: Path) -> AsyncIterator[FastAPI]:
 
 
 async def test_the_job_rolls_the_horizon_for_every_schedule(
-        short_horizon_app: FastAPI) -> None:
+        short_horizon_app: FastAPI, caplog: pytest.LogCaptureFixture) -> None:
     from tests.bearer import staff_headers
 
+    caplog.set_level(logging.INFO, logger="fhirpm.scheduling")  # as deployed: its line too
     app = short_horizon_app
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url=BASE + "/",
@@ -204,6 +206,8 @@ async def test_the_job_rolls_the_horizon_for_every_schedule(
         # nothing rewritten; a run after midnight (UTC) may add the next day's Slots at the end
         after = await slots(client, one["schedule"]["id"])
         assert after[:len(before)] == before
+    [line] = [r for r in caplog.records if r.getMessage() == "slots generated"][-1:]
+    assert line.slots["updated"] == line.slots["removed"] == 0  # type: ignore[attr-defined]
 
 
 async def test_generated_slots_across_the_spring_change(client: httpx.AsyncClient) -> None:
