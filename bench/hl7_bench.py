@@ -14,7 +14,7 @@ Prints, on this machine:
              at once (several senders: a lab, the EHR, the scheduler), audit trail off
 Rates: msg/s; resources/s = the resources the messages carry (each looked up, merged and
 written unless unchanged); versions/s = new versions stored (AuditEvents not counted).
-for the kitchen-sink samples (~60 resources each) and for small ADT^A08 / SIU^S12
+for the kitchen-sink samples (~17 resources each) and for small ADT^A08 / SIU^S12
 messages. Each message gets a new control id and new patient/visit/appointment numbers,
 so every one creates resources rather than hitting the duplicate check. The store rows
 first process WARM messages untimed (first use of the validator, search registry, caches).
