@@ -32,7 +32,9 @@ _SERVER_META = ("versionId", "lastUpdated")
 @contextlib.asynccontextmanager
 async def _serving(store_url: str) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(Settings(store_url=store_url, base_url=BASE, log_json=False))
-    async with app.router.lifespan_context(app):
+    # one server for the module, which may outlast a job's interval: no timer runs a job
+    # over the examples (a hold release, a slot generation) while they are checked
+    async with app.state.jobs.held(), app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=BASE + "/",
                                      headers=await staff_headers(app)) as c:

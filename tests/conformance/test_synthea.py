@@ -45,7 +45,7 @@ async def client(tmp_path: Path, request: pytest.FixtureRequest,
     settings = Settings(store_url=app_store_url(request, store_kind, tmp_path / "synthea.db"),
                         base_url=BASE, log_json=False)
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
+    async with app.state.jobs.held(), app.router.lifespan_context(app):  # no job runs unasked
         await _skip_without_conditional_matching(app.state.interactions)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=BASE + "/",

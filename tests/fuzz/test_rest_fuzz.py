@@ -45,6 +45,10 @@ def send(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Send]:
     """One app and one event loop for every example (hypothesis calls the test many times)."""
     runner = asyncio.Runner()
     app = create_app(fuzz_settings(tmp_path_factory.mktemp("fuzz")))
+    # no timer runs a job (a hold release, a slot generation) at some wall-clock moment of
+    # the run: the same examples then meet the same data on every run
+    held = app.state.jobs.held()
+    runner.run(held.__aenter__())
     lifespan = app.router.lifespan_context(app)
     runner.run(lifespan.__aenter__())
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE,
@@ -63,6 +67,7 @@ def send(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Send]:
     finally:
         runner.run(client.aclose())
         runner.run(lifespan.__aexit__(None, None, None))
+        runner.run(held.__aexit__(None, None, None))
         runner.close()
 
 
