@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from fhirpm.audit import events as ev
+from fhirpm.audit import record as rec
 from fhirpm.audit.trail import instant as now_instant
 
 if TYPE_CHECKING:
     from fhirpm.audit.recorder import Recorder
+    from fhirpm.storage.port import UnitOfWork
 
 
 class AuditHooks:
@@ -93,20 +95,25 @@ class AuditHooks:
 
     # -- HL7 v2 ---------------------------------------------------------------------------
 
-    async def received(self, record: Any) -> None:
+    async def received(self, record: Any, *, unit: UnitOfWork | None = None) -> None:
         """An HL7 v2 message received and answered: `record` is its message-log entry
         (fhirpm.hl7v2.messages.LoggedMessage: sender, peer, type, control id, status,
-        error, the resources it wrote and its patient)."""
+        error, the resources it wrote and its patient). With `unit`, the event is put
+        into that unit of work (the message's own: it commits with the data)."""
         status = {"processed": 200, "error": 422, "rejected": 400}.get(record.status, 500)
         sender = "^".join(p for p in (record.sender, record.facility) if p)
         who = ev.Who(client_id=sender or None, address=record.peer or None,
                       request_id=f"hl7v2:{record.id}")
         patient = record.patient.removeprefix("Patient/") or None
-        await self._record(ev.message_event(
+        event = ev.message_event(
             sender, who, self.recorder.server,
             ev.Outcome(status, record.error or None), now_instant(),
             message_type=record.type, control_id=record.control_id,
-            resources=tuple(record.resources), patient=patient))
+            resources=tuple(record.resources), patient=patient)
+        if unit is not None:
+            await self.recorder.trail.append(unit, [rec.whole(event)])
+        else:
+            await self._record(event)
 
     async def _record(self, event: dict[str, Any]) -> None:
         await self.recorder.record([event])

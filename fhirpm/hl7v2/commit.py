@@ -23,6 +23,7 @@ most of its time (docs/performance.md, HL7 v2).
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -66,6 +67,10 @@ class _Target:
         return f"{self.res.type}/{self.id}"
 
 
+# called inside the message's unit of work once its resources are written
+Written = Callable[[UnitOfWork, list[str]], Awaitable[None]]
+
+
 class Committer:
     def __init__(self, interactions: Interactions, base: str) -> None:
         self.ix = interactions
@@ -73,11 +78,13 @@ class Committer:
         self._parser: SearchParser | None = None  # for `links:` criteria, see _link_parser
         self._parser_at = 0.0
 
-    async def commit(self, mapped: Mapped) -> list[str]:
-        """Write the message's resources in one unit; `Type/id` of each, in message order."""
+    async def commit(self, mapped: Mapped, written: Written | None = None) -> list[str]:
+        """Write the message's resources in one unit; `Type/id` of each, in message order.
+        `written(unit, refs)` runs in the unit after the writes, before it commits (what
+        must commit with the data: the message's audit record)."""
         for attempt in range(RETRIES):
             try:
-                return await self._once(mapped)
+                return await self._once(mapped, written)
             except V2Error:
                 raise  # refused for what the message says: a retry cannot change that
             except FhirError as err:
@@ -87,7 +94,7 @@ class Committer:
                 raise
         raise AssertionError("unreachable")
 
-    async def _once(self, mapped: Mapped) -> list[str]:
+    async def _once(self, mapped: Mapped, written: Written | None) -> list[str]:
         async with self.ix.repo.unit(None) as unit:
             found = await self._lookup(unit, mapped.resources)
             targets = {r.key: _Target(r, *found[r.key]) for r in mapped.resources}
@@ -113,7 +120,10 @@ class Committer:
             for t in targets.values():
                 if not _unchanged(t):
                     await self._write(unit, t)
-        return [t.ref for t in targets.values()]
+            refs = [t.ref for t in targets.values()]
+            if written is not None:
+                await written(unit, refs)
+        return refs
 
     # -- lookup -----------------------------------------------------------------------
 

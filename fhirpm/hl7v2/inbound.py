@@ -26,12 +26,12 @@ from fhirpm.audit.security import audit_of
 from fhirpm.config import Hl7Settings
 from fhirpm.errors import Category, FhirError
 from fhirpm.hl7v2 import ack, parser
-from fhirpm.hl7v2.commit import Committer
+from fhirpm.hl7v2.commit import Committer, Written
 from fhirpm.hl7v2.engine import Engine, Mapped, MappingSet, Options
 from fhirpm.hl7v2.messages import FINAL, LoggedMessage, MessageLog
 from fhirpm.hl7v2.parser import Header, Message, V2Error
 from fhirpm.repository.interactions import Interactions
-from fhirpm.storage.port import VersionConflict
+from fhirpm.storage.port import UnitOfWork, VersionConflict
 
 log = logging.getLogger("fhirpm.hl7v2")
 
@@ -136,13 +136,21 @@ class Inbound:
             else:
                 acks.append(accept)
         record.attempts += 1
+        audit = audit_of(self.ix)
+
+        async def in_unit(unit: UnitOfWork, refs: list[str]) -> None:
+            # The message's receipt commits with its data (no commit of its own); if the
+            # unit then fails, it rolls back too and the failure is recorded below.
+            self._processed(record, refs)
+            await audit.received(record, unit=unit)
+
         try:
             try:
                 if mapped is None:
                     mapped = self.engine.map(msg, self._options(h))
                 elif isinstance(mapped, Exception):
                     raise mapped
-                written = await self.commit(mapped)
+                written = await self.commit(mapped, in_unit)
             except FhirError:
                 raise
             except Exception as exc:  # a bug or a store failure: AE, kept for replay
@@ -159,14 +167,19 @@ class Inbound:
             if not h.enhanced or ack.wanted(h.app_ack, ok=False):
                 acks.append(self._ack(h, code, v2err))
         else:
-            record.status, record.error, record.resources = "processed", "", written
-            record.patient = next((r for r in written if r.startswith("Patient/")), "")
+            self._processed(record, written)
             if not h.enhanced or ack.wanted(h.app_ack, ok=True):
                 acks.append(self._ack(h, "AA"))
         record.acks = sent_early + acks
         await self.log.save(record)
-        await audit_of(self.ix).received(record)  # the audit trail (fhirpm.audit)
+        if record.status != "processed":  # a processed message's receipt is committed
+            await audit.received(record)  # the audit trail (fhirpm.audit)
         return Outcome(acks, record, resources=record.resources)
+
+    @staticmethod
+    def _processed(record: LoggedMessage, written: list[str]) -> None:
+        record.status, record.error, record.resources = "processed", "", written
+        record.patient = next((r for r in written if r.startswith("Patient/")), "")
 
     async def _rejected(self, raw: bytes, peer: str, err: V2Error) -> Outcome:
         record = self.log.new(raw, None, peer)  # written once, with its answer
@@ -181,9 +194,9 @@ class Inbound:
         return ack.build(h, code, error=error, text=error.diagnostics if error else "",
                          application=self.settings.application, facility=self.settings.facility)
 
-    async def commit(self, mapped: Mapped) -> list[str]:
+    async def commit(self, mapped: Mapped, written: Written | None = None) -> list[str]:
         """Write the mapped resources, all or nothing (fhirpm.hl7v2.commit)."""
-        return await self.committer.commit(mapped)
+        return await self.committer.commit(mapped, written)
 
     # -- replay -------------------------------------------------------------------------
 

@@ -38,10 +38,17 @@ async def events(ix: Interactions) -> list[dict]:
 
 async def test_message_receipt_is_recorded(ix: Interactions) -> None:
     inbound = Inbound(ix, Hl7Settings(port=0), BASE)
+    recorder = ix.observer
+    assert isinstance(recorder, Recorder)
+    groups = recorder.batch.groups
     outcome = await inbound.receive(adt("A04", "CTRL-1").encode("latin-1"), "192.0.2.7")
     assert outcome.acks
-    received = [e for e in await events(ix) if subtype(e) == "hl7v2-receive"]
+    stored = await events(ix)
+    received = [e for e in stored if subtype(e) == "hl7v2-receive"]
     assert len(received) == 1
+    # committed with the message's data (its writes' events, then the receipt, in one
+    # unit), not by a commit of its own
+    assert recorder.batch.groups == groups and stored[-1] is received[0]
     event = received[0]
     assert event["outcome"] == "0" and event["action"] == "C"
     assert event["agent"][0]["who"]["identifier"]["value"] == "EHR^CLINIC"
