@@ -140,6 +140,16 @@ def pred_sql(pred: Pred, a: str) -> Sql:
     return FALSE
 
 
+def _any_pred(preds: Sequence[Pred], a: str) -> Sql:
+    """Any of `preds` over one index row. Several codes (`identifier=a,b`) also say
+    `code IN (...)`: an OR of per-code terms would leave SQLite only the parameter part
+    of the (param, code, ...) index, reading every value of the parameter."""
+    either = _or([pred_sql(pr, a) for pr in preds])
+    if len(preds) > 1 and all(isinstance(p, TokenPred) and p.code is not None for p in preds):
+        return _and(_in(f"{a}.code", sorted({p.code for p in preds})), either)  # type: ignore[union-attr]
+    return either
+
+
 def _token(pred: TokenPred, code: str, system: str) -> Sql:
     parts: list[Sql] = []
     if pred.code is not None:
@@ -248,7 +258,7 @@ class Compiler:
             case Param(code=code, type=kind, preds=preds):
                 a = self.alias("a")
                 k = _in(f"{a}.param", keys(types, code))
-                p = _or([pred_sql(pr, a) for pr in preds])
+                p = _any_pred(preds, a)
                 return (f"SELECT {a}.rid FROM {TABLE[kind]} {a} WHERE {k[0]} AND ({p[0]})",
                         k[1] + p[1])
             case Missing(code=code, type=kind, missing=False) if code != "_id":
