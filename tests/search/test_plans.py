@@ -21,6 +21,7 @@ from tests.search.test_parameters import DATA
 SINGLE = [
     ("Patient", "name=chal"), ("Patient", "family:exact=Chalmers"),
     ("Patient", "identifier=http://acme.org/patient|2345"), ("Patient", "gender=male"),
+    ("Patient", "identifier=http://acme.org/patient|2345,http://acme.org/patient|6789"),
     ("Patient", "birthdate=1974-12-25"), ("Patient", "birthdate=ge1980"),
     ("Patient", "birthdate=lt1980"), ("Patient", "general-practitioner=Practitioner/dr1"),
     ("Patient", "_id=p1"), ("Patient", "_lastUpdated=gt2020-01-01"),
