@@ -138,10 +138,16 @@ class Inbound:
         record.attempts += 1
         audit = audit_of(self.ix)
 
+        success = acks + ([self._ack(h, "AA")] if not h.enhanced
+                          or ack.wanted(h.app_ack, ok=True) else [])
+
         async def in_unit(unit: UnitOfWork, refs: list[str]) -> None:
-            # The message's receipt commits with its data (no commit of its own); if the
-            # unit then fails, it rolls back too and the failure is recorded below.
+            # The record of the outcome and the receipt commit with the data they describe
+            # (no trips of their own); if the unit then fails, they roll back with it and
+            # the failure is recorded below.
             self._processed(record, refs)
+            record.acks = sent_early + success
+            await self.log.save_in(unit, record)
             await audit.received(record, unit=unit)
 
         try:
@@ -166,14 +172,12 @@ class Inbound:
                                                       "error": str(err)})
             if not h.enhanced or ack.wanted(h.app_ack, ok=False):
                 acks.append(self._ack(h, code, v2err))
-        else:
-            self._processed(record, written)
-            if not h.enhanced or ack.wanted(h.app_ack, ok=True):
-                acks.append(self._ack(h, "AA"))
+        else:  # recorded in the message's unit of work (in_unit)
+            self.log.saved(record)
+            return Outcome(success, record, resources=written)
         record.acks = sent_early + acks
         await self.log.save(record)
-        if record.status != "processed":  # a processed message's receipt is committed
-            await audit.received(record)  # the audit trail (fhirpm.audit)
+        await audit.received(record)  # the audit trail (fhirpm.audit)
         return Outcome(acks, record, resources=record.resources)
 
     @staticmethod

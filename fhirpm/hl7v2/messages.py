@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from fhirpm.hl7v2.parser import Header
-from fhirpm.storage.port import ResourceStore, VersionConflict
+from fhirpm.storage.port import ResourceStore, UnitOfWork, VersionConflict
 
 MESSAGES = "hl7v2.messages"
 DEDUP = "hl7v2.dedup"
@@ -148,6 +148,17 @@ class MessageLog:
                                            expected_rev=msg.rev)
         if msg.patient:
             await self.store.doc_put(INDEX, f"patient|{msg.patient}|{msg.id}", b"")
+
+    async def save_in(self, unit: UnitOfWork, msg: LoggedMessage) -> None:
+        """`save` inside `unit` (the message's own): the record commits with the data it
+        describes. Call `saved(msg)` once the unit has committed."""
+        await unit.doc_put(MESSAGES, msg.id, msg.to_json(), expected_rev=msg.rev)
+        if msg.patient:
+            await unit.doc_put(INDEX, f"patient|{msg.patient}|{msg.id}", b"")
+
+    @staticmethod
+    def saved(msg: LoggedMessage) -> None:
+        msg.rev += 1  # the compare-and-swap of `save_in` held: one rev on
 
     async def list(self, *, sender: str | None = None, type: str | None = None,
                    patient: str | None = None, date: str | None = None,

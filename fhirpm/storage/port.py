@@ -150,6 +150,12 @@ class UnitOfWork(Protocol):
         """Replace the index entries of type/id without a new version, if its current
         version is still `version` (reindex jobs); False when it moved on or is deleted."""
 
+    async def doc_put(self, collection: str, key: str, body: bytes, *,
+                      expected_rev: int | None = None, expires_at: int | None = None) -> None:
+        """Write a document with the unit (`ResourceStore.doc_put`'s meaning): it commits
+        with the unit's data or not at all; a rev mismatch fails the unit
+        (VersionConflict), at the latest when it commits."""
+
     async def audit_append(self, drafts: Sequence[AuditDraft], seal: Sealer) -> None:
         """Append `drafts` to the audit log when the unit commits, in order, after the
         log's head as it is inside the commit's transaction: each gets the next seq and

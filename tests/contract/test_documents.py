@@ -67,3 +67,25 @@ async def test_list_by_prefix_in_key_order(store: ResourceStore) -> None:
         "client:a", "user", "user:a", "user:b", "user:c"]
     assert await store.doc_list("auth", "nobody") == []
     assert (await store.doc_list("auth", "client:"))[0].body == b"client:a"
+
+
+async def test_a_unit_writes_documents_with_its_data(store: ResourceStore) -> None:
+    from tests.contract.stores import version
+
+    async with store.unit_of_work() as unit:
+        await unit.put(version("Patient", "p1", 1), [], expected_version=0)
+        await unit.doc_put("log", "m1", b"processed", expected_rev=0)
+        await unit.doc_put("index", "patient|p1|m1", b"")
+    assert (await store.doc_get("log", "m1")).rev == 1  # type: ignore[union-attr]
+    assert await store.doc_get("index", "patient|p1|m1") is not None
+    with pytest.raises(RuntimeError):  # a failing unit writes none of its documents
+        async with store.unit_of_work() as unit:
+            await unit.doc_put("log", "m2", b"x")
+            raise RuntimeError("the message failed")
+    assert await store.doc_get("log", "m2") is None
+    with pytest.raises(VersionConflict):  # a lost compare-and-swap fails the whole unit
+        async with store.unit_of_work() as unit:
+            await unit.put(version("Patient", "p2", 1), [], expected_version=0)
+            await unit.doc_put("log", "m1", b"again", expected_rev=0)
+    assert await store.read("Patient", "p2") is None
+    assert (await store.doc_get("log", "m1")).body == b"processed"  # type: ignore[union-attr]

@@ -14,6 +14,7 @@ from typing import Any
 
 from bson import Binary
 from pymongo import ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -39,7 +40,10 @@ async def get(db: AsyncDatabase, collection: str, key: str) -> Document | None:
 
 
 async def put(db: AsyncDatabase, collection: str, key: str, body: bytes, *,
-              expected_rev: int | None, expires_at: int | None) -> int:
+              expected_rev: int | None, expires_at: int | None,
+              session: AsyncClientSession | None = None) -> int:
+    """Write one document (compare-and-swap on `expected_rev`); `session`: inside that
+    session's transaction (a unit of work's), where a lost race fails the unit."""
     if not isinstance(body, bytes):
         raise TypeError("document body must be bytes")
     expiry = int(expires_at) if expires_at is not None else None
@@ -60,15 +64,15 @@ async def put(db: AsyncDatabase, collection: str, key: str, body: bytes, *,
         try:
             doc = await db[schema.DOCUMENTS].find_one_and_update(
                 {**where, **condition}, update, upsert=expected_rev in (None, 0),
-                return_document=ReturnDocument.AFTER)
+                return_document=ReturnDocument.AFTER, session=session)
         except DuplicateKeyError:
-            if expected_rev is None:
+            if expected_rev is None and session is None:
                 continue
             doc = None
         if doc is not None:
             return doc["rev"]
         break
-    have = await get(db, collection, key)
+    have = await get(db, collection, key) if session is None else None
     raise VersionConflict(f"document {collection}/{key} is at rev {have.rev if have else 0}, "
                           f"not {expected_rev}")
 

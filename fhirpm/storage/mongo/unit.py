@@ -33,7 +33,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import InvalidOperation, OperationFailure, PyMongoError
 
 from fhirpm.search.values import IndexEntry
-from fhirpm.storage.mongo import audit, schema, txn, writes
+from fhirpm.storage.mongo import audit, documents, schema, txn, writes
 from fhirpm.storage.mongo.writes import Put
 from fhirpm.storage.port import (
     AuditDraft,
@@ -115,6 +115,12 @@ class TransactionalUnit:
         self._log.append(("reindex", type, id, version, ix, done))
         return done
 
+    async def doc_put(self, collection: str, key: str, body: bytes, *,
+                      expected_rev: int | None = None, expires_at: int | None = None) -> None:
+        op = ("doc", collection, key, body, expected_rev, expires_at)
+        await self._run(lambda s: _doc_put(self._db, s, op))
+        self._log.append(op)
+
     async def audit_append(self, drafts: Sequence[AuditDraft], seal: Sealer) -> None:
         if drafts:  # sealed at commit, after the head as the commit's transaction sees it
             self._audit.append((drafts, seal))
@@ -176,6 +182,8 @@ class TransactionalUnit:
                     raise VersionConflict(f"{type}/{id} changed under this unit of work")
             elif op[0] == "put":
                 await writes.apply_put(self._db, self._session, op[1])
+            elif op[0] == "doc":
+                await _doc_put(self._db, self._session, op)
             elif op[0] == "reindex":
                 _, type, id, version, ix, done = op
                 if await writes.apply_reindex(self._db, self._session, type, id, version,
@@ -186,6 +194,13 @@ class TransactionalUnit:
                 if _result_key(await self._search(query, self._session)) != seen:
                     raise VersionConflict("search results changed under this unit of work")
         self._broken = False
+
+
+async def _doc_put(db: AsyncDatabase, session: AsyncClientSession | None,
+                   op: tuple[Any, ...]) -> None:
+    _, collection, key, body, expected_rev, expires_at = op
+    await documents.put(db, collection, key, body, expected_rev=expected_rev,
+                        expires_at=expires_at, session=session)
 
 
 async def _commit(session: AsyncClientSession) -> None:
@@ -249,6 +264,7 @@ class BufferedUnit:
         self._pending: dict[tuple[str, str], ResourceVersion] = {}
         self._reindexes: list[tuple[str, str, int, dict[str, Any]]] = []
         self._audit: list[tuple[Sequence[AuditDraft], Sealer]] = []
+        self._docs: list[tuple[Any, ...]] = []
 
     async def current(self, type: str, id: str) -> ResourceVersion | None:
         pending = self._pending.get((type, id))
@@ -281,6 +297,10 @@ class BufferedUnit:
         self._reindexes.append((type, id, version, schema.index_document(index)))
         return True
 
+    async def doc_put(self, collection: str, key: str, body: bytes, *,
+                      expected_rev: int | None = None, expires_at: int | None = None) -> None:
+        self._docs.append(("doc", collection, key, body, expected_rev, expires_at))
+
     async def audit_append(self, drafts: Sequence[AuditDraft], seal: Sealer) -> None:
         if drafts:
             self._audit.append((drafts, seal))
@@ -293,6 +313,8 @@ class BufferedUnit:
         for type, id, version, ix in self._reindexes:
             await writes.apply_reindex(self._db, None, type, id, version, ix)
         seqs = await writes.finish(self._db, None, self._puts)
+        for op in self._docs:
+            await _doc_put(self._db, None, op)
         for drafts, seal in self._audit:  # not atomic without transactions (docs/deploy.md)
             await audit.append(self._db, None, drafts, seal)
         return seqs
@@ -301,3 +323,4 @@ class BufferedUnit:
         self._puts.clear()
         self._reindexes.clear()
         self._audit.clear()
+        self._docs.clear()

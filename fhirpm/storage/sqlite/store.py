@@ -274,24 +274,9 @@ class SqliteResourceStore:
 
     async def doc_put(self, collection: str, key: str, body: bytes, *,
                       expected_rev: int | None = None, expires_at: int | None = None) -> int:
-        now = int(time.time())
-
-        def run(c: sqlite3.Connection) -> int:
-            row = c.execute("SELECT rev, expires_at FROM documents WHERE collection = ? AND "
-                            "key = ?", (collection, key)).fetchone()
-            live = row is not None and (row[1] is None or row[1] > now)
-            have = row[0] if live else 0
-            if expected_rev is not None and expected_rev != have:
-                raise VersionConflict(f"document {collection}/{key} is at rev {have}, "
-                                      f"not {expected_rev}")
-            rev = (row[0] if row else 0) + 1
-            c.execute("INSERT INTO documents VALUES (?,?,?,?,?) ON CONFLICT (collection, key) "
-                      "DO UPDATE SET rev = excluded.rev, body = excluded.body, "
-                      "expires_at = excluded.expires_at",
-                      (collection, key, rev, body, expires_at))
-            return rev
         async with self._write_lock:
-            return await self._write(run)
+            return await self._write(
+                lambda c: _doc_put(c, collection, key, body, expected_rev, expires_at))
 
     async def doc_delete(self, collection: str, key: str,
                          expected_rev: int | None = None) -> bool:
@@ -346,6 +331,7 @@ class SqliteUnitOfWork:
         self._store = store
         self._pending: list[tuple[Any, ...]] = []
         self._audit: list[tuple[Sequence[AuditDraft], Sealer]] = []  # appended at commit
+        self._docs: list[tuple[Any, ...]] = []  # document writes, made at commit
         self._known: dict[tuple[str, str], int] = {}  # (type, id) -> version in this unit
         # current versions this unit read and has not written since: the unit holds the
         # write lock, so they stay current and reading one again needs no trip
@@ -371,6 +357,8 @@ class SqliteUnitOfWork:
                     _put(c, *args, rows=rows)
                 rows.insert(c)
                 if fn is _commit:
+                    for args in self._docs:
+                        _doc_put(c, *args)
                     for drafts, seal in self._audit:  # last: the head is final only now
                         audit.append(c, drafts, seal)
             except BaseException as exc:
@@ -419,11 +407,32 @@ class SqliteUnitOfWork:
                       index_entries: Sequence[IndexEntry]) -> bool:
         return await self.hop(lambda c: index.reindex(c, type, id, version, index_entries))
 
+    async def doc_put(self, collection: str, key: str, body: bytes, *,
+                      expected_rev: int | None = None, expires_at: int | None = None) -> None:
+        self._docs.append((collection, key, body, expected_rev, expires_at))  # in the COMMIT trip
+
     async def audit_append(self, drafts: Sequence[AuditDraft], seal: Sealer) -> None:
         # The unit holds the write lock from its first trip to COMMIT, so appending in the
         # commit's own trip costs nothing extra and cannot lose the position to anyone.
         if drafts:
             self._audit.append((drafts, seal))
+
+
+def _doc_put(c: sqlite3.Connection, collection: str, key: str, body: bytes,
+             expected_rev: int | None, expires_at: int | None) -> int:
+    row = c.execute("SELECT rev, expires_at FROM documents WHERE collection = ? AND "
+                    "key = ?", (collection, key)).fetchone()
+    live = row is not None and (row[1] is None or row[1] > int(time.time()))
+    have = row[0] if live else 0
+    if expected_rev is not None and expected_rev != have:
+        raise VersionConflict(f"document {collection}/{key} is at rev {have}, "
+                              f"not {expected_rev}")
+    rev = (row[0] if row else 0) + 1
+    c.execute("INSERT INTO documents VALUES (?,?,?,?,?) ON CONFLICT (collection, key) "
+              "DO UPDATE SET rev = excluded.rev, body = excluded.body, "
+              "expires_at = excluded.expires_at",
+              (collection, key, rev, body, expires_at))
+    return rev
 
 
 def _version_of(c: sqlite3.Connection, type: str, id: str) -> int:
