@@ -30,7 +30,8 @@ def audit_settings(tmp_path: Path, auth: dict[str, Any] | None = None,
 @pytest.fixture
 async def audit_app(tmp_path: Path) -> AsyncIterator[FastAPI]:
     app = create_app(audit_settings(tmp_path))
-    async with app.router.lifespan_context(app):
+    # no periodic job runs unasked (tests.conftest.app says why)
+    async with app.state.jobs.held(), app.router.lifespan_context(app):
         yield app
 
 

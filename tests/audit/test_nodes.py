@@ -18,7 +18,8 @@ from tests.bearer import staff_headers
 
 async def test_two_nodes_share_one_chain(store_settings: Settings) -> None:
     nodes: list[FastAPI] = [create_app(store_settings), create_app(store_settings)]
-    async with nodes[0].router.lifespan_context(nodes[0]), \
+    async with nodes[0].state.jobs.held(), nodes[1].state.jobs.held(), \
+            nodes[0].router.lifespan_context(nodes[0]), \
             nodes[1].router.lifespan_context(nodes[1]):
         clients = [http_client(node, await staff_headers(node)) for node in nodes]
 

@@ -27,7 +27,7 @@ async def audit_app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         settings = settings.model_copy(update={"store_url": request.getfixturevalue(
             "mongo_url")})
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
+    async with app.state.jobs.held(), app.router.lifespan_context(app):  # no timer runs
         yield app
 
 
