@@ -86,3 +86,22 @@ async def test_restore_keeps_seqs_and_seals(store: ResourceStore) -> None:
     assert [e.seq for e in await store.audit_list(AuditSpan(ref="Patient/a"))] == [1]
     await append(store, draft(3))  # continues the restored chain
     assert chain.verify(await store.audit_list(AuditSpan())).ok
+
+
+async def test_a_group_waits_for_another_process_holding_the_write_lock(
+        store: ResourceStore, store_kind: str) -> None:
+    if store_kind != "sqlite":
+        pytest.skip("SQLite's database-wide write lock")
+    import sqlite3
+
+    other = sqlite3.connect(store.path, isolation_level=None)  # type: ignore[attr-defined]
+    other.execute("BEGIN IMMEDIATE")  # another process writing
+    group = asyncio.ensure_future(store.audit_commit([draft(1, "Patient/a")], seal))
+    for _ in range(5):  # let it try the lock (then it waits on the writer thread)
+        await asyncio.sleep(0)
+    assert await store.read("Patient", "nobody") is None  # the event loop is not blocked
+    assert not group.done()  # the group cannot commit while the lock is held
+    other.execute("COMMIT")
+    await group  # ... and commits once it is free
+    other.close()
+    assert [e.seq for e in await store.audit_list(AuditSpan())] == [1]

@@ -71,6 +71,8 @@ class SqliteResourceStore:
         self._readers: ThreadPoolExecutor | None = None
         self._write_lock = asyncio.Lock()
         self._commit_listeners: list[Callable[[], None]] = []
+        self._loop_writer: sqlite3.Connection | None = None  # audit groups (audit_commit)
+        self._checkpointing = False
 
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener()` after every committed unit of work (change-feed wake-ups).
@@ -122,6 +124,7 @@ class SqliteResourceStore:
             self._all_connections.clear()
         self._local = threading.local()  # the event loop thread's connection was closed too
         self._writer = self._readers = None
+        self._loop_writer = None
 
     # -- thread hops -----------------------------------------------------------------
 
@@ -225,9 +228,52 @@ class SqliteResourceStore:
     # -- the audit log -------------------------------------------------------------------
 
     async def audit_commit(self, drafts: Sequence[AuditDraft], seal: Sealer) -> None:
-        # one trip and one transaction, without a unit of work's machinery: reads' records
-        # are committed in groups all day long
-        await self._in_transaction(lambda c: audit.append(c, drafts, seal))
+        """Reads' records, committed in groups all day long. A trip to the writer thread
+        costs more than the group's SQL (the thread wake-ups: docs/performance.md), so
+        when the database's write lock is free the group is written right here, on the
+        event loop's own connection, which never waits for the lock (busy_timeout 0) and
+        never checkpoints (the writer thread does, see `_checkpoint_soon`). If another
+        process holds the lock, the group takes the writer thread, which waits for it."""
+        async with self._write_lock:  # this process's writer thread is between units
+            conn = self._loop_writer_connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if not _locked(exc):
+                    raise
+                await self._write(lambda c: _transaction(c, lambda c: audit.append(
+                    c, drafts, seal)))
+                return
+            _finish(conn, lambda c: audit.append(c, drafts, seal))
+        self._checkpoint_soon()
+
+    def _loop_writer_connection(self) -> sqlite3.Connection:
+        if self._loop_writer is None:
+            conn = self._connect(query_only=False)
+            conn.execute("PRAGMA busy_timeout=0")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._loop_writer = conn
+        return self._loop_writer
+
+    def _checkpoint_soon(self) -> None:
+        """Fold the WAL back into the database on the writer thread once it is large (the
+        loop's connection does not checkpoint: a checkpoint writes and syncs many pages)."""
+        if self._checkpointing or self._writer is None:
+            return
+        try:
+            size = os.path.getsize(self.path + "-wal")
+        except OSError:
+            return
+        if size < _CHECKPOINT_BYTES:
+            return
+        self._checkpointing = True
+
+        def run(c: sqlite3.Connection) -> None:
+            try:
+                c.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                self._checkpointing = False
+        asyncio.ensure_future(self._write(run)).add_done_callback(_retrieved)
 
     async def audit_head(self) -> AuditEntry | None:
         return audit.head(self._thread_connection(query_only=True))  # a point read, as read()
@@ -248,17 +294,8 @@ class SqliteResourceStore:
         await self._in_transaction(lambda c: audit.restore(c, entries))
 
     async def _in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def run(c: sqlite3.Connection) -> T:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                out = fn(c)
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-            return out
         async with self._write_lock:
-            return await self._write(run)
+            return await self._write(lambda c: _transaction(c, fn))
 
     # -- documents ---------------------------------------------------------------------
 
@@ -416,6 +453,29 @@ class SqliteUnitOfWork:
         # commit's own trip costs nothing extra and cannot lose the position to anyone.
         if drafts:
             self._audit.append((drafts, seal))
+
+
+_CHECKPOINT_BYTES = 4 << 20  # ~1,000 pages: SQLite's own autocheckpoint size
+
+
+def _transaction[R](c: sqlite3.Connection, fn: Callable[[sqlite3.Connection], R]) -> R:
+    c.execute("BEGIN IMMEDIATE")
+    return _finish(c, fn)
+
+
+def _finish[R](c: sqlite3.Connection, fn: Callable[[sqlite3.Connection], R]) -> R:
+    """Run `fn` in the transaction `c` has begun; COMMIT, or ROLLBACK and raise."""
+    try:
+        out = fn(c)
+        c.execute("COMMIT")
+    except BaseException:
+        c.execute("ROLLBACK")
+        raise
+    return out
+
+
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _doc_put(c: sqlite3.Connection, collection: str, key: str, body: bytes,
