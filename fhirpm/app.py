@@ -44,6 +44,9 @@ def build_interactions(settings: Settings, store: ResourceStore) -> Interactions
     interactions = Interactions(repo, default_count=settings.default_count,
                                 max_count=settings.max_count)
     bundle.install(interactions, max_entries=settings.bundle_max_entries)
+    from fhirpm.repository import prepare
+
+    prepare.configure(settings.transaction_workers)
     capability.install(interactions)
     install_operations(interactions)
     _install_search(interactions)

@@ -191,6 +191,10 @@ class Settings(BaseSettings):
     max_count: int = Field(1000, ge=1)
     # Most entries a batch/transaction Bundle may carry (the body limit applies as well).
     bundle_max_entries: int = Field(10_000, ge=1)
+    # Worker processes validating and indexing large transactions ahead
+    # (fhirpm.repository.prepare); 0: none. Off by default: on 2 cores the pickling costs
+    # more than the parallel work saves (docs/performance.md, "Writes and ingest").
+    transaction_workers: int = Field(0, ge=0)
     # Reader threads for the SQLite adapter (writes always go through one writer thread).
     sqlite_readers: int = Field(4, ge=1)
     # MongoDB without multi-document transactions (a standalone mongod): refused at start-up

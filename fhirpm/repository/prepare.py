@@ -76,10 +76,20 @@ _failed = False  # the pool broke: unused until shutdown()
 counts: Counter[str] = Counter()
 
 
+_configured = 0  # worker processes wanted (Settings.transaction_workers)
+
+
+def configure(workers: int) -> None:
+    """How many worker processes to use from now on (0: prepare everything in-process);
+    the composition root passes the setting, before the pool's first use."""
+    global _configured
+    _configured = max(0, workers)
+
+
 def worker_count() -> int:
-    """Cores - 1: the event loop keeps one."""
+    """The configured workers, at most cores - 1: the event loop keeps one."""
     cores = os.process_cpu_count() if hasattr(os, "process_cpu_count") else os.cpu_count()
-    return max(0, (cores or 1) - 1)
+    return min(_configured, max(0, (cores or 1) - 1))
 
 
 def _started(local_base: str | None) -> ProcessPoolExecutor | None:

@@ -28,6 +28,21 @@ from tests.conftest import BASE
 N = prepare.MIN_WRITES + 2 * prepare.CHUNK  # several tasks beyond the in-process first few
 
 
+WORKERS = {"transaction_workers": 1}  # off by default (Settings.transaction_workers)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update=WORKERS)
+
+
+@pytest.fixture
+def server(store_url: str, tmp_path: Path) -> Any:
+    with ServerProcess.fhirpm(store_url, tmp_path / "server.log", auth=True,
+                              env={"FHIRPM_TRANSACTION_WORKERS": "1"}) as running:
+        yield running
+
+
 def _need_workers() -> None:
     if prepare.worker_count() == 0:
         pytest.skip("one core: no worker processes, transactions prepare in-process")
