@@ -138,7 +138,7 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
     from fhirpm.ops import context
 
     audit.connect(interactions, settings, jobs=jobs, exchange=context.current,
-                  auth=app.state.auth)
+                  auth=app.state.auth, metrics=ops_layer.metrics)
     _fhir_routes_first(app)
     app.state.interactions = interactions
     app.state.store = store

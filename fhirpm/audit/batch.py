@@ -29,6 +29,7 @@ class GroupCommit:
         self._queue: deque[tuple[Sequence[Any], asyncio.Future[None]]] = deque()
         self._flusher: asyncio.Task[None] | None = None
         self.groups = 0  # committed groups (diagnostics, tests)
+        self.on_commit: Callable[[int], None] | None = None  # (records) after each group
 
     async def submit(self, events: Sequence[Any]) -> None:
         """Store `events`; returns once they are committed, raises if they could not be."""
@@ -78,6 +79,8 @@ class GroupCommit:
                     raise
                 continue
             self.groups += 1
+            if self.on_commit is not None:
+                self.on_commit(len(events))
             for _, future in group:
                 if not future.done():
                     future.set_result(None)

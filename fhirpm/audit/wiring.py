@@ -54,11 +54,24 @@ def install(interactions: Interactions, settings: Settings) -> Recorder | None:
 
 
 def connect(interactions: Interactions, settings: Settings, *, jobs: Jobs,
-            exchange: Callable[[], Any] | None = None, auth: Any = None) -> None:
-    """Hook the installed recorder to the running app (nothing when the trail is off)."""
+            exchange: Callable[[], Any] | None = None, auth: Any = None,
+            metrics: Any = None) -> None:
+    """Hook the installed recorder to the running app (nothing when the trail is off):
+    `metrics` (fhirpm.ops.metrics.Registry) gets the group commit's counters."""
     recorder = interactions.observer
     if not isinstance(recorder, Recorder):
         return
+    if metrics is not None:
+        groups = metrics.counter("fhirpm_audit_group_commits_total",
+                                 "commits of reads' and failures' audit records (group commit)")
+        records = metrics.counter("fhirpm_audit_group_records_total",
+                                  "audit records those commits stored (records / commits: "
+                                  "how many requests share a commit)")
+
+        def committed(size: int) -> None:
+            groups.inc(())
+            records.inc((), size)
+        recorder.batch.on_commit = committed
     if exchange is not None:
         recorder.exchange = exchange
     if auth is not None:

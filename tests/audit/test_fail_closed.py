@@ -4,6 +4,7 @@ behind; with fail_closed off, reads answer anyway. Group commit: many reads, few
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,6 +15,7 @@ from fhirpm.storage.port import StoreError
 from fhirpm.storage.sqlite import SqliteResourceStore
 from tests.audit.conftest import PATIENT, audit_settings, chain_events, http_client, recorder
 from tests.bearer import staff_headers
+from tests.conftest import BASE
 
 
 class AuditRefusingStore(SqliteResourceStore):
@@ -88,3 +90,11 @@ async def test_concurrent_reads_share_commits(tmp_path: Path) -> None:
         assert all(a.status_code == 200 for a in answers)
         assert len(await chain_events(app)) == 41
         assert recorder(app).batch.groups - groups < 40  # grouped, not one unit per read
+        # and /metrics says so: records per commit
+        scrape = await client.get(BASE.removesuffix("/fhir") + "/metrics")
+        assert scrape.status_code == 200, scrape.text
+        text = scrape.text
+        samples = dict(re.findall(r"^(fhirpm_audit_group_\w+) (\S+)$", text, re.M))
+        commits = float(samples["fhirpm_audit_group_commits_total"])
+        assert commits == recorder(app).batch.groups
+        assert float(samples["fhirpm_audit_group_records_total"]) > commits
