@@ -51,7 +51,7 @@ from fhirpm.search.query import (
     SearchResult,
     TokenPred,
 )
-from fhirpm.search.values import ReferenceValue
+from fhirpm.search.values import IndexEntry, ReferenceValue
 from fhirpm.storage.port import (
     AuditEntry,
     AuditSpan,
@@ -133,18 +133,21 @@ class AuditView:
         descending = bool(query.sort) and query.sort[0].descending
         position = _position(query.cursor, descending)
         matches: list[ResourceVersion] = []
+        index: list[list[IndexEntry]] = []  # each match's index entries (for _include)
         last_seen: int | None = None
         examined = 0
         more = False
         async for entry in self._candidates(query.where, descending, position):
             examined += 1
             last_seen = entry.seq
-            version = _version(entry)
-            if self._holds(query, version):
+            body = record.render(entry)  # rendered once: decided on, then served
+            entries = self._index.extract(body)
+            if _holds(query, body["id"], entries):
                 if len(matches) == query.count:
                     more = True
                     break
-                matches.append(version)
+                matches.append(_version(entry, body))
+                index.append(entries)
             if examined >= SCAN_LIMIT:
                 more = True  # the next page goes on from here
                 break
@@ -156,22 +159,17 @@ class AuditView:
         if more:
             resume = matches[-1].seq if len(matches) == query.count else last_seen
             next_cursor = cursor_token.pack(["audit", resume, descending])
-        included = await self._included(query, matches)
+        included = await self._included(query, index)
         return SearchResult(matches, included, total, next_cursor, has_more=more)
-
-    def _holds(self, query: SearchQuery, version: ResourceVersion) -> bool:
-        if not query.where:
-            return True
-        memory = MemoryIndex()
-        body = jsonio.loads(version.body)
-        memory.put(TYPE, version.id, self._index.extract(body))
-        found, _ = memory.search(SearchQuery(types=(TYPE,), where=query.where))
-        return bool(found)
 
     async def _total(self, query: SearchQuery) -> int:
         count = 0
         async for entry in self._candidates(query.where, False, None):
-            count += self._holds(query, _version(entry))
+            if not query.where:
+                count += 1
+                continue
+            body = record.render(entry)
+            count += _holds(query, body["id"], self._index.extract(body))
         return count
 
     async def _candidates(self, where: Sequence[Clause], descending: bool,
@@ -219,14 +217,14 @@ class AuditView:
                 return
 
     async def _included(self, query: SearchQuery,
-                        matches: list[ResourceVersion]) -> list[ResourceVersion]:
+                        index: list[list[IndexEntry]]) -> list[ResourceVersion]:
+        """What `_include` adds, from the matches' index entries."""
         wanted: dict[tuple[str, str], None] = {}
         for include in query.include:
             if include.source != TYPE:
                 continue
-            for version in matches:
-                body = jsonio.loads(version.body)
-                for entry in self._index.extract(body):
+            for entries in index:
+                for entry in entries:
                     value = entry.value
                     if (entry.param in include.codes and isinstance(value, ReferenceValue)
                             and value.url is None and value.type and value.id
@@ -240,9 +238,21 @@ class AuditView:
         return out
 
 
-def _version(entry: AuditEntry) -> ResourceVersion:
+def _version(entry: AuditEntry, body: dict[str, Any] | None = None) -> ResourceVersion:
+    """The entry as a stored version (`body`: its AuditEvent, when already rendered)."""
+    served = jsonio.dumps(body) if body is not None else record.render_bytes(entry)
     return ResourceVersion(TYPE, record.event_id(entry.seq), 1, entry.recorded, "POST",
-                           record.render_bytes(entry), entry.seq)
+                           served, entry.seq)
+
+
+def _holds(query: SearchQuery, id: str, entries: list[IndexEntry]) -> bool:
+    """Whether the AuditEvent with these index entries matches `query` (the oracle)."""
+    if not query.where:
+        return True
+    memory = MemoryIndex()
+    memory.put(TYPE, id, entries)
+    found, _ = memory.search(SearchQuery(types=(TYPE,), where=query.where))
+    return bool(found)
 
 
 def _in_history(version: ResourceVersion, query: HistoryQuery) -> bool:
