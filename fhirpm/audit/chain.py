@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fhirpm.fhir import jsonio
+from fhirpm.storage.port import AUDIT_GENESIS
 
 CHAIN_URL = "urn:fhirpm:audit-chain"
-GENESIS = "0" * 64
+GENESIS = AUDIT_GENESIS  # where the store starts a chain
 _TAG = b"fhirpm-audit-chain-v1\n"
 
 

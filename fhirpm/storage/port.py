@@ -87,6 +87,9 @@ class AuditEntry:
     hash: str
 
 
+# the "previous hash" of a log's very first entry (the chain's genesis)
+AUDIT_GENESIS = "0" * 64
+
 # seals one payload at its position: (payload, seq, previous hash) -> hash
 Sealer = Callable[[bytes, int, str], str]
 

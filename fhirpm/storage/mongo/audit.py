@@ -20,11 +20,10 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from fhirpm.storage.mongo import schema
-from fhirpm.storage.port import AuditDraft, AuditEntry, AuditSpan, Sealer
+from fhirpm.storage.port import AUDIT_GENESIS, AuditDraft, AuditEntry, AuditSpan, Sealer
 
 COLLECTION = "audit_log"
 HEAD = "audit-head"  # the counters document holding the head
-GENESIS = "0" * 64
 
 INDEXES: list[tuple[list[tuple[str, int]], dict[str, Any]]] = [
     ([("refs", 1), ("_id", 1)], {"name": "ref_seq"}),
@@ -37,7 +36,7 @@ Session = AsyncClientSession | None
 async def append(db: AsyncDatabase, session: Session, drafts: Sequence[AuditDraft],
                  seal: Sealer) -> None:
     head = await db[schema.COUNTERS].find_one({"_id": HEAD}, session=session)
-    seq, previous = (head["seq"], head["hash"]) if head else (0, GENESIS)
+    seq, previous = (head["seq"], head["hash"]) if head else (0, AUDIT_GENESIS)
     docs = []
     for draft in drafts:
         seq += 1

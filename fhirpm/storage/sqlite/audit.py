@@ -19,9 +19,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from fhirpm.storage.port import AuditDraft, AuditEntry, AuditSpan, Sealer
-
-GENESIS = "0" * 64  # the previous hash of the very first entry (fhirpm.audit.chain)
+from fhirpm.storage.port import AUDIT_GENESIS, AuditDraft, AuditEntry, AuditSpan, Sealer
 
 DDL = """
 CREATE TABLE audit_log (
@@ -62,7 +60,7 @@ def get(c: sqlite3.Connection, seq: int) -> AuditEntry | None:
 def append(c: sqlite3.Connection, drafts: Sequence[AuditDraft], seal: Sealer) -> None:
     """Inside the caller's transaction: the drafts, sealed after the current head."""
     last = c.execute("SELECT seq, hash FROM audit_head WHERE one = 1").fetchone()
-    seq, previous = last if last else (0, GENESIS)
+    seq, previous = last if last else (0, AUDIT_GENESIS)
     rows: list[tuple[Any, ...]] = []
     refs: list[tuple[str, int]] = []
     for draft in drafts:
