@@ -111,22 +111,11 @@ class Recorder:
         self.indexer = indexer
         self.fail_closed = fail_closed
         self.exchange = exchange or (lambda: None)
-        self.batch = GroupCommit(self._store_group, max_events=batch_max)
+        self.batch = GroupCommit(trail.commit, max_events=batch_max)
         self.hooks: Any = None  # the AuditHooks of the auth server and HL7 v2 (wiring)
         self._patients_by_version: dict[tuple[str, str, int], list[str]] = {}
 
     # -- storing -------------------------------------------------------------------------
-
-    async def _store_group(self, drafts: list[AuditDraft]) -> None:
-        for attempt in range(_ATTEMPTS):
-            try:
-                await self.trail.commit(drafts)
-            except VersionConflict:  # another node took the chain's next position first
-                if attempt == _ATTEMPTS - 1:
-                    raise
-                await _backoff(attempt)
-                continue
-            return
 
     async def record(self, events: list[dict[str, Any]]) -> None:
         """Store whole `events` (logins, tokens, HL7 v2 ...) now (group commit) and wait;
