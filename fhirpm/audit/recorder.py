@@ -217,9 +217,9 @@ class Recorder:
                     await self._append_write(ix, unit, req, parts, interaction, scope,
                                              response)
             except VersionConflict as exc:
-                # Lost a race for the chain's next position (MongoDB: another node's unit
-                # took it) or at commit: nothing was applied, so the request runs again, as
-                # a client told 409 would retry it. Refusals a handler raised are FhirErrors.
+                # The write lost a race at commit (another writer changed what it read):
+                # nothing was applied, so the request runs again, as a client told 409
+                # would retry it. Refusals a handler raised are FhirErrors.
                 if attempt == _ATTEMPTS - 1:
                     raise FhirError(Category.CONFLICT,
                                     f"Concurrent write, try again: {exc}") from None
