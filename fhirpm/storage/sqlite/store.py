@@ -73,6 +73,8 @@ class SqliteResourceStore:
         self._commit_listeners: list[Callable[[], None]] = []
         self._loop_writer: sqlite3.Connection | None = None  # audit groups (audit_commit)
         self._checkpointing = False
+        self._audit_unindexed = 0  # records this process appended since it last indexed
+        self._audit_indexing: asyncio.Future[int] | None = None
 
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener()` after every committed unit of work (change-feed wake-ups).
@@ -156,6 +158,8 @@ class SqliteResourceStore:
                 raise
             for listener in self._commit_listeners:
                 listener()
+            if unit._audit:
+                self._audit_appended(sum(len(drafts) for drafts, _ in unit._audit))
 
     # -- reads -----------------------------------------------------------------------
 
@@ -243,9 +247,34 @@ class SqliteResourceStore:
                     raise
                 await self._write(lambda c: _transaction(c, lambda c: audit.append(
                     c, drafts, seal)))
-                return
-            _finish(conn, lambda c: audit.append(c, drafts, seal))
+            else:
+                _finish(conn, lambda c: audit.append(c, drafts, seal))
         self._checkpoint_soon()
+        self._audit_appended(len(drafts))
+
+    def _audit_appended(self, records: int) -> None:
+        """Index the log's references behind the appends (sqlite/audit.py says why), in
+        batches on the writer thread, which SQLite leaves free to run beside the loop."""
+        self._audit_unindexed += records
+        if self._audit_unindexed < _AUDIT_INDEX_BATCH or self._audit_indexing is not None:
+            return
+        self._audit_unindexed = 0
+        self._audit_indexing = asyncio.ensure_future(self.audit_index())
+        self._audit_indexing.add_done_callback(self._audit_indexed)
+
+    def _audit_indexed(self, done: asyncio.Future[int]) -> None:
+        self._audit_indexing = None
+        _retrieved(done)
+
+    async def audit_index(self) -> int:
+        """Index every record appended so far (any process's); returns how many."""
+        total = 0
+        while True:
+            done = await self._in_transaction(
+                lambda c: audit.index_pending(c, _AUDIT_INDEX_BATCH * 4))
+            total += done
+            if done == 0:
+                return total
 
     def _loop_writer_connection(self) -> sqlite3.Connection:
         if self._loop_writer is None:
@@ -282,10 +311,10 @@ class SqliteResourceStore:
         return audit.get(self._thread_connection(query_only=True), seq)
 
     async def audit_list(self, span: AuditSpan) -> list[AuditEntry]:
-        return await self._read(lambda c: audit.listing(c, span))
+        return await self._read(lambda c: _snapshot(c, lambda c: audit.listing(c, span)))
 
     async def audit_count(self, span: AuditSpan) -> int:
-        return await self._read(lambda c: audit.count(c, span))
+        return await self._read(lambda c: _snapshot(c, lambda c: audit.count(c, span)))
 
     async def audit_purge(self, upto: int) -> int:
         return await self._in_transaction(lambda c: audit.purge(c, upto))
@@ -456,11 +485,21 @@ class SqliteUnitOfWork:
 
 
 _CHECKPOINT_BYTES = 4 << 20  # ~1,000 pages: SQLite's own autocheckpoint size
+_AUDIT_INDEX_BATCH = 2_000  # audit records indexed together (sorted: they share pages)
 
 
 def _transaction[R](c: sqlite3.Connection, fn: Callable[[sqlite3.Connection], R]) -> R:
     c.execute("BEGIN IMMEDIATE")
     return _finish(c, fn)
+
+
+def _snapshot[R](c: sqlite3.Connection, fn: Callable[[sqlite3.Connection], R]) -> R:
+    """Run `fn`'s statements in one read transaction: one view of the database."""
+    c.execute("BEGIN")
+    try:
+        return fn(c)
+    finally:
+        c.execute("COMMIT")
 
 
 def _finish[R](c: sqlite3.Connection, fn: Callable[[sqlite3.Connection], R]) -> R:
