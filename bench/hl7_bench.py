@@ -1,7 +1,7 @@
 """HL7 v2 throughput: the parse-only floor beside sustained inbound over MLLP.
 
     .venv/bin/python -m bench.hl7_bench [--messages 300] [--data ../shared/data/hl7v2]
-        [--sets small,samples] [--connections 4] [--no-audit-on]
+        [--sets small,samples,rest] [--connections 4] [--no-audit-on] [--pairs 3]
 
 Prints, on this machine:
   parse      our tokenizer (every field split), python-hl7 and hl7apy when installed
@@ -12,6 +12,15 @@ Prints, on this machine:
              committed (as deployed: the audit trail on), and again with the audit trail
              off (the bridge's own cost); then spread over `--connections` connections
              at once (several senders: a lab, the EHR, the scheduler), audit trail off
+  vs REST   issue #7's comparison, in one run (set `rest`): two real servers as deployed
+             (`fhirpm serve`, one with `--mllp`), each on a fresh store; alternating
+             slices: all Synthea patient transaction Bundles POSTed over HTTP, 2 in
+             flight (the "transaction bundles" row of `bench ingest`, its machinery),
+             then kitchen-sink messages over one MLLP connection (ACK after commit);
+             `--pairs` pairs, audit trail on (as deployed), then off. Prints each
+             slice's resources/s and the servers' CPU per resource, the median ratio
+             MLLP / REST and its range against the 0.8 target, and the same ratio by
+             CPU per resource (what a loaded machine distorts least).
 Rates: msg/s; resources/s = the resources the messages carry (each looked up, merged and
 written unless unchanged); versions/s = new versions stored (AuditEvents not counted).
 for the kitchen-sink samples (~17 resources each) and for small ADT^A08 / SIU^S12
@@ -24,9 +33,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from fhirpm.hl7v2 import parser
@@ -48,6 +60,7 @@ SMALL = [
 
 
 WARM = 20  # messages processed untimed before each store row
+TARGET = 0.8  # issue #7: MLLP resources/s >= 0.8 of the REST (Synthea transaction) rate
 
 
 def small_messages(count: int) -> list[bytes]:
@@ -214,17 +227,111 @@ async def bench_mllp(messages: list[bytes], label: str, carried: int, audit: boo
             await bridge.stop()
             await store.close()
 
+# -- issue #7: MLLP against REST ingest, two real servers, alternating slices ----------------
+
+
+@dataclass
+class Slice:
+    resources: int
+    seconds: float
+    cpu: float  # the server process's CPU seconds meanwhile (all its threads)
+
+    @property
+    def rate(self) -> float:
+        return self.resources / self.seconds
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu / self.resources * 1e6
+
+
+def bench_vs_rest(data: Path, pairs: int, per_slice: int, audit: bool) -> float | None:
+    """Alternate a REST slice (every Synthea patient Bundle once) and an MLLP slice
+    (`per_slice` kitchen-sink messages); print both and the ratio; its median."""
+    from bench import data as bench_data
+    from bench.ingest_bench import post_all
+    from bench.server import ServerProcess, cpu_seconds, free_port
+
+    files = bench_data.synthea_files()
+    shared = [p.read_bytes() for p in files
+              if p.name.startswith(("hospitalInformation", "practitionerInformation"))]
+    patients = [p.read_bytes() for p in files
+                if not p.name.startswith(("hospitalInformation", "practitionerInformation"))]
+    per_round = sum(len(json.loads(b)["entry"]) for b in patients)
+    messages = sample_messages(data, WARM + pairs * per_slice)
+    carried = _carried(messages)
+    env = {"FHIRPM_AUDIT__ENABLED": "true" if audit else "false"}
+    args = argparse.Namespace(duration=60.0)
+    what = "audit trail on" if audit else "audit trail off"
+    print(f"MLLP kitchen-sink vs REST Synthea transaction ingest, {what} "
+          f"(load average {os.getloadavg()[0]:.1f}):", flush=True)
+    with tempfile.TemporaryDirectory(prefix="fhirpm-bench-hl7-") as tmp:
+        work = Path(tmp)
+        mllp_port = free_port()
+        rest = ServerProcess.fhirpm(f"sqlite:///{work}/rest.db", work / "rest.log", env=env)
+        mllp = ServerProcess.fhirpm(f"sqlite:///{work}/mllp.db", work / "mllp.log", env={
+            **env, "FHIRPM_HL7__ENABLED": "true", "FHIRPM_HL7__PORT": str(mllp_port)})
+        with rest, mllp:
+            post_all(rest.port, shared, 1, args)  # what the patients' references resolve to
+            asyncio.run(_send(mllp_port, messages[:WARM]))
+            ratios, cpu_ratios = [], []
+            for n in range(pairs):
+                before = cpu_seconds(rest.pid)
+                start = time.perf_counter()
+                post_all(rest.port, patients, 2, args)
+                r = Slice(per_round, time.perf_counter() - start, cpu_seconds(rest.pid) - before)
+                part = messages[WARM + n * per_slice:WARM + (n + 1) * per_slice]
+                before = cpu_seconds(mllp.pid)
+                start = time.perf_counter()
+                asyncio.run(_send(mllp_port, part))
+                m = Slice(sum(carried[WARM + n * per_slice:WARM + (n + 1) * per_slice]),
+                          time.perf_counter() - start, cpu_seconds(mllp.pid) - before)
+                ratios.append(m.rate / r.rate)
+                cpu_ratios.append(r.cpu_us / m.cpu_us)
+                print(f"  pair {n + 1}: REST {r.rate:7.1f} resources/s {r.cpu_us:6.0f} us CPU/res"
+                      f" | MLLP {len(part) / m.seconds:5.1f} msg/s {m.rate:7.1f} resources/s "
+                      f"{m.cpu_us:6.0f} us CPU/res | ratio {m.rate / r.rate:.2f}", flush=True)
+    median = statistics.median(ratios)
+    verdict = "meets" if median >= TARGET else "BELOW"
+    print(f"  MLLP / REST resources/s, {what}: median {median:.2f} "
+          f"[{min(ratios):.2f}-{max(ratios):.2f}] ({verdict} the {TARGET} target); by server "
+          f"CPU per resource (REST / MLLP; steadier under load): median "
+          f"{statistics.median(cpu_ratios):.2f} [{min(cpu_ratios):.2f}-{max(cpu_ratios):.2f}]",
+          flush=True)
+    return median
+
+
+def _carried(messages: list[bytes]) -> list[int]:
+    """Resources each message carries once mapped (as the other rows count them)."""
+    engine = Engine()
+    return [len(engine.map(parser.parse(raw)).resources) for raw in messages]
+
+
+async def _send(port: int, messages: list[bytes]) -> None:
+    from fhirpm.hl7v2.mllp import MllpClient
+
+    async with MllpClient("127.0.0.1", port) as client:
+        for raw in messages:
+            ack_ = (await client.send(raw))[0]
+            if "MSA|AA|" not in ack_:
+                raise SystemExit(f"MLLP message refused: {ack_!r}")
+
 
 def main() -> None:
     here = Path(__file__).resolve().parents[1]
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--messages", type=int, default=300)
-    ap.add_argument("--sets", default="samples,small",
-                    help="which messages: samples (kitchen-sink), small, or both")
+    ap.add_argument("--sets", default="samples,small,rest",
+                    help="which rows: samples (kitchen-sink), small, rest (MLLP vs REST "
+                         "ingest, two servers); any of them, comma-separated")
     ap.add_argument("--connections", type=int, default=4,
                     help="senders at once for the last MLLP row (1: no such row)")
     ap.add_argument("--no-audit-on", action="store_true",
                     help="skip the MLLP row with the audit trail on")
+    ap.add_argument("--pairs", type=int, default=3,
+                    help="REST / MLLP slice pairs per audit setting (set `rest`)")
+    ap.add_argument("--slice", type=int, default=120,
+                    help="kitchen-sink messages per MLLP slice (set `rest`)")
     ap.add_argument("--data", default=os.environ.get(
         "FHIRPM_SHARED_DATA", str(here.parent / "shared" / "data")) + "/hl7v2")
     args = ap.parse_args()
@@ -242,13 +349,16 @@ def main() -> None:
         asyncio.run(bench_store(big, "samples", args.connections, not args.no_audit_on))
     else:
         print(f"no samples at {data}: kitchen-sink rows skipped")
-    if "small" not in sets:
-        return
-    small = small_messages(args.messages)
-    print("small ADT^A08 / SIU^S12:")
-    bench_parse(small)
-    bench_map(small)
-    asyncio.run(bench_store(small, "small", args.connections, not args.no_audit_on))
+    if "small" in sets:
+        small = small_messages(args.messages)
+        print("small ADT^A08 / SIU^S12:")
+        bench_parse(small)
+        bench_map(small)
+        asyncio.run(bench_store(small, "small", args.connections, not args.no_audit_on))
+    if "rest" in sets and data.is_dir():
+        for audit in (True, False):
+            if not (audit and args.no_audit_on):
+                bench_vs_rest(data, args.pairs, args.slice, audit)
 
 
 if __name__ == "__main__":
