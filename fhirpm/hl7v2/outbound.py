@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -45,9 +45,11 @@ SENT_DAYS = 7
 
 class Outbound:
     def __init__(self, store: ResourceStore, settings: Hl7Settings, *,
-                 feed: ChangeFeed | None = None) -> None:
+                 feed: ChangeFeed | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.settings = settings
+        self.clock = clock  # seconds since the epoch: when entries are due (tests fix it)
         # the app's feed runs our consumer with the others; alone we follow our own
         self._own_feed = feed is None
         self.feed = feed or ChangeFeed(store)
@@ -203,7 +205,7 @@ class Outbound:
             return 60.0
         doc = docs[0]
         entry = orjson.loads(doc.body)
-        due = entry["next_at"] - time.time()
+        due = entry["next_at"] - self.clock()
         if due > 0:
             return due
         try:
@@ -216,7 +218,7 @@ class Outbound:
                                       dead=False)
         if info.ok:
             await self.store.doc_put(SENT, doc.key, doc.body,
-                                     expires_at=int(time.time()) + SENT_DAYS * 86400)
+                                     expires_at=int(self.clock()) + SENT_DAYS * 86400)
             await self.store.doc_delete(OUTBOX, doc.key)
             return None
         return await self._failed(dest, doc.key, doc.rev, entry,
@@ -235,7 +237,7 @@ class Outbound:
             return None
         delay = min(self.settings.retry_initial * 2 ** (entry["attempts"] - 1),
                     self.settings.retry_max)
-        entry["next_at"] = time.time() + delay
+        entry["next_at"] = self.clock() + delay
         with contextlib.suppress(VersionConflict):
             await self.store.doc_put(OUTBOX, key, orjson.dumps(entry), expected_rev=rev)
         return delay

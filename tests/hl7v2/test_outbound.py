@@ -125,7 +125,8 @@ async def test_redelivered_changes_queue_nothing_twice(ix: Interactions,
 
 async def test_ae_retries_in_order_and_ar_goes_to_dead_letters(ix: Interactions,
                                                                 partner: Partner) -> None:
-    out = Outbound(ix.repo.store, settings_for(partner))
+    now = 1_700_000_000.0  # the outbox's clock, fixed: due times are exact
+    out = Outbound(ix.repo.store, settings_for(partner), clock=lambda: now)
     await put(ix, PATIENT)
     await put(ix, APPOINTMENT)
     await pump(out)
@@ -133,8 +134,10 @@ async def test_ae_retries_in_order_and_ar_goes_to_dead_letters(ix: Interactions,
     partner.codes = ["AE", "AR"]
     async with MllpClient("127.0.0.1", partner.server.port) as client:
         wait = await out.deliver_one(dest, client)
-        assert wait is not None and wait > 0  # backing off
-        assert await out.deliver_one(dest, client) == pytest.approx(wait, abs=1)
+        assert wait == out.settings.retry_initial  # backing off from the first failure
+        assert await out.deliver_one(dest, client) == wait  # not due yet: nothing sent
+        now += wait - 0.5
+        assert await out.deliver_one(dest, client) == 0.5
         assert len(partner.received) == 1  # nothing overtook the failing message
         first = (await out.pending())[0]
         assert first["attempts"] == 1 and first["last_error"].startswith("AE")
