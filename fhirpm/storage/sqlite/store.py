@@ -36,6 +36,7 @@ from fhirpm.storage.port import (
 )
 from fhirpm.storage.sqlite import audit, index, schema
 from fhirpm.storage.sqlite import search as sql_search
+from fhirpm.storage.sqlite.reads import CurrentReads
 
 T = TypeVar("T")
 
@@ -168,8 +169,13 @@ class SqliteResourceStore:
         # pool: a primary-key lookup in WAL mode never waits for a lock and costs a few
         # microseconds, while the hop to a reader thread and back (futures, GIL hand-off,
         # wake-ups) cost ~4x the whole read's CPU (docs/performance.md). Searches and
-        # history, whose cost grows with the data, stay on the reader pool.
-        return _current(self._thread_connection(query_only=True), type, id)
+        # history, whose cost grows with the data, stay on the reader pool. What it read
+        # is remembered until anything commits (fhirpm.storage.sqlite.reads).
+        reads = getattr(self._local, "reads", None)
+        if reads is None:
+            reads = self._local.reads = CurrentReads(self._thread_connection(query_only=True),
+                                                     _current)
+        return reads.read(type, id)
 
     async def vread(self, type: str, id: str, version: int) -> ResourceVersion | None:
         def run(c: sqlite3.Connection) -> ResourceVersion | None:

@@ -1,0 +1,71 @@
+"""SQLite point reads remembered per connection until anything commits
+(fhirpm.storage.sqlite.reads): never a version older than the last commit."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from fhirpm.storage.sqlite import SqliteResourceStore
+from tests.contract.stores import version
+
+
+async def put(store: SqliteResourceStore, v, expected: int) -> None:
+    async with store.unit_of_work() as uow:
+        await uow.put(v, [], expected_version=expected)
+
+
+async def test_a_read_is_remembered_until_this_process_commits(tmp_path: Path) -> None:
+    store = SqliteResourceStore(str(tmp_path / "r.db"))
+    await store.open()
+    try:
+        await put(store, version("Patient", "p", 1), 0)
+        first = await store.read("Patient", "p")
+        assert first is not None and first.version == 1
+        assert await store.read("Patient", "p") is first  # served from memory
+        await put(store, version("Patient", "p", 2), 1)
+        second = await store.read("Patient", "p")
+        assert second is not None and second.version == 2
+        await put(store, version("Patient", "p", 3, method="DELETE"), 2)
+        gone = await store.read("Patient", "p")
+        assert gone is not None and gone.deleted
+    finally:
+        await store.close()
+
+
+async def test_a_commit_by_another_connection_is_seen(tmp_path: Path) -> None:
+    """Another process (or the CLI loader) writing the same file: the next read sees it."""
+    path = tmp_path / "r.db"
+    store = SqliteResourceStore(str(path))
+    await store.open()
+    try:
+        await put(store, version("Patient", "p", 1), 0)
+        assert (await store.read("Patient", "p")).body.endswith(b'"}}')
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("UPDATE history SET body = ? WHERE type = 'Patient' AND id = 'p'",
+                          (b'{"changed":true}',))
+        finally:
+            other.close()
+        assert (await store.read("Patient", "p")).body == b'{"changed":true}'
+    finally:
+        await store.close()
+
+
+async def test_misses_and_a_full_memory_still_answer_from_the_database(tmp_path: Path
+                                                                       ) -> None:
+    store = SqliteResourceStore(str(tmp_path / "r.db"))
+    await store.open()
+    try:
+        for n in range(5):
+            await put(store, version("Patient", f"p{n}", 1), 0)
+        await store.read("Patient", "p0")  # the connection's memory now exists
+        store._local.reads.limit = 2
+        for _ in range(2):
+            for n in range(5):
+                found = await store.read("Patient", f"p{n}")
+                assert found is not None and found.id == f"p{n}"
+            assert await store.read("Patient", "nope") is None
+        assert len(store._local.reads._versions) <= 2
+    finally:
+        await store.close()
