@@ -102,7 +102,7 @@ class Committer:
             _check_once(targets)
             urls = {t.res.full_url: t.ref for t in targets.values()}
             for t in targets.values():
-                t.body = _resolved(merge(t.stored_body, t.res), urls)
+                t.body = _resolved(_merged(t.stored_body, t.res), urls)
                 if t.res.identity is None and t.res.type == "Provenance":
                     t.body["recorded"] = now_instant()  # created anew: when we received it
             await self._links(unit, mapped.links, targets)
@@ -131,18 +131,17 @@ class Committer:
                       ) -> dict[str, tuple[ResourceVersion | None, str,
                                            dict[str, Any] | None]]:
         """For each resource: the live stored version it updates, the id it is written
-        under and the stored content parsed; one search per type and kind of identity
-        (identifiers, or ids, OR-ed), not one per resource."""
-        groups: dict[tuple[str, str], list[MappedResource]] = {}
+        under and the stored content parsed; one search per type (its identifiers and
+        content ids OR-ed), not one per resource or per kind of identity."""
+        groups: dict[str, list[MappedResource]] = {}
         for res in resources:
             if res.identity is not None:
-                kind = "_id" if res.identity.id is not None else "identifier"
-                groups.setdefault((res.identity.type, kind), []).append(res)
+                groups.setdefault(res.identity.type, []).append(res)
         out = {r.key: (None, _new_id(r), None) for r in resources}
-        for (type_, kind), group in groups.items():
+        for type_, group in groups.items():
             for n in range(0, len(group), LOOKUP_CHUNK):
                 chunk = group[n:n + LOOKUP_CHUNK]
-                result = await unit.search(_identity_query(type_, kind, chunk))
+                result = await unit.search(_identity_query(type_, chunk))
                 bodies = [(v, jsonio.loads(v.body)) for v in result.matches]
                 for res in chunk:
                     hits = [(v, body) for v, body in bodies if _is(v, body, res)]
@@ -283,9 +282,15 @@ _ACCUMULATE = ("identifier", "link")  # list elements that gather values from ev
 
 def merge(stored: dict[str, Any] | None, res: MappedResource) -> dict[str, Any]:
     """What the message says over what is stored: sent elements replace, empty fields keep,
-    `""` removes; identifiers and links accumulate; defaults fill what is still missing."""
+    `""` removes; identifiers and links accumulate; defaults fill what is still missing.
+    A new object: neither `stored` nor the message's body is shared with it."""
+    return copy_json(_merged(stored, res))
+
+
+def _merged(stored: dict[str, Any] | None, res: MappedResource) -> dict[str, Any]:
+    """`merge`, sharing the values it takes from either side (the caller copies)."""
     if stored is None:
-        return copy_json(res.resource())
+        return res.resource()
     out = {k: v for k, v in stored.items() if k not in ("id", "text")}
     meta = {k: v for k, v in (out.pop("meta", None) or {}).items()
             if k not in ("versionId", "lastUpdated")}
@@ -303,7 +308,7 @@ def merge(stored: dict[str, Any] | None, res: MappedResource) -> dict[str, Any]:
     for name, value in res.defaults.items():
         out.setdefault(name, value)
     out["resourceType"] = res.type
-    return copy_json(out)
+    return out
 
 
 def _same_item(item: Any, have: list[Any]) -> bool:
@@ -337,25 +342,26 @@ def _same_instant(a: str, b: str) -> bool:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _identity_query(type_: str, kind: str, chunk: list[MappedResource]) -> SearchQuery:
-    """`identifier=s|v,...` or `_id=a,...` as the parser would build it (the values are
-    data, not query text: nothing to escape or parse). Several identifiers are OR-ed as
-    one clause per identifier (`AnyOf`), not one clause with several values: the same
+def _identity_query(type_: str, chunk: list[MappedResource]) -> SearchQuery:
+    """`_id=a,...` and `identifier=s|v,...` of one type, OR-ed, as the parser would build
+    them (the values are data, not query text: nothing to escape or parse). Identifiers
+    are one clause each (`AnyOf`), not one clause with several values: the same
     matches, but SQLite finds each by its (parameter, code) index entry, where a clause
-    with several values reads every identifier of the type (a kitchen-sink message names
-    several practitioners: the lookup grew with the data)."""
-    if kind == "_id":
-        ids = tuple(TokenPred(code=i) for i in sorted({r.identity.id or "" for r in chunk}))
-        return SearchQuery(types=(type_,), where=(Param(kind, "token", ids),),
-                           count=3 * len(ids) + 1, total="none")
-    preds = tuple(TokenPred(code=v, system=s) for s, v in sorted(
-        {(r.identity.system, r.identity.value or "") for r in chunk},
-        key=lambda p: (p[0] or "", p[1])))
-    clause: Clause = Param(kind, "token", preds)
-    if len(preds) > 1:
-        clause = AnyOf(tuple(Param(kind, "token", (pred,)) for pred in preds))
-    return SearchQuery(types=(type_,), where=(clause,), count=3 * len(preds) + 1,
-                       total="none")
+    with several values read every identifier of the type (a kitchen-sink message names
+    several practitioners: the lookup grew with the data). Content ids and identifiers of
+    one type share the search (a message names both kinds of Organization, say)."""
+    ids = sorted({r.identity.id for r in chunk if r.identity.id is not None})
+    idents = sorted({(r.identity.system, r.identity.value or "")
+                     for r in chunk if r.identity.id is None},
+                    key=lambda p: (p[0] or "", p[1]))
+    clauses: list[Clause] = []
+    if ids:
+        clauses.append(Param("_id", "token", tuple(TokenPred(code=i) for i in ids)))
+    clauses.extend(Param("identifier", "token", (TokenPred(code=v, system=s),))
+                   for s, v in idents)
+    clause = clauses[0] if len(clauses) == 1 else AnyOf(tuple(clauses))
+    return SearchQuery(types=(type_,), where=(clause,),
+                       count=3 * (len(ids) + len(idents)) + 1, total="none")
 
 
 def _new_id(res: MappedResource) -> str:
@@ -415,23 +421,36 @@ def _with_body(res: MappedResource, body: dict[str, Any]) -> MappedResource:
 
 
 def _resolved(body: dict[str, Any], urls: dict[str, str]) -> dict[str, Any]:
-    """References to the message's resources (their `urn:uuid:` fullUrls) as `Type/id`;
-    an element referencing a resource left out (a merged-away patient never stored) goes."""
-    def gone(node: Any) -> bool:
-        if isinstance(node, dict):
-            ref = node.get("reference")
-            if isinstance(ref, str) and ref.startswith("urn:uuid:"):
-                if ref not in urls:
-                    return True
-                node["reference"] = urls[ref]
-            for k in [k for k, v in node.items() if isinstance(v, (dict, list)) and gone(v)]:
-                del node[k]
-        elif isinstance(node, list):
-            node[:] = [v for v in node if not gone(v)]
-        return False
+    """A copy of `body` (nothing shared with it) whose references to the message's
+    resources (their `urn:uuid:` fullUrls) read `Type/id`; an element referencing a
+    resource left out (a merged-away patient never stored) goes. One walk: the copy
+    the merge needs and the rewrite together."""
+    out = _copy_resolved(body, urls)
+    return out if isinstance(out, dict) else {}
 
-    gone(body)
-    return body
+
+_GONE = object()  # an element whose reference names a resource left out of the message
+
+
+def _copy_resolved(node: Any, urls: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            if k == "reference" and isinstance(v, str) and v.startswith("urn:uuid:"):
+                if v not in urls:
+                    return _GONE
+                out[k] = urls[v]
+            elif isinstance(v, (dict, list)):
+                v = _copy_resolved(v, urls)
+                if v is not _GONE:
+                    out[k] = v
+            else:
+                out[k] = v
+        return out
+    if isinstance(node, list):
+        items = [_copy_resolved(v, urls) if isinstance(v, (dict, list)) else v for v in node]
+        return [v for v in items if v is not _GONE]
+    return node
 
 
 def _values(body: dict[str, Any], path: str) -> list[str]:
