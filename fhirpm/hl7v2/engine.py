@@ -808,14 +808,22 @@ def _top(path: str) -> str:
     return _steps(path)[0][0]
 
 
+_EMPTY = (None, {}, [], "")
+
+
 def _compact(value: Any) -> Any:
     """Drop empty objects/lists and None placeholders left by indexed paths."""
     if isinstance(value, dict):
-        out = {k: _compact(v) for k, v in value.items()}
-        return {k: v for k, v in out.items() if v not in (None, {}, [], "")}
+        out = {}
+        for k, v in value.items():
+            if isinstance(v, (dict, list)):
+                v = _compact(v)
+            if v not in _EMPTY:
+                out[k] = v
+        return out
     if isinstance(value, list):
-        out = [_compact(v) for v in value]
-        return [v for v in out if v not in (None, {}, [], "")]
+        items = [_compact(v) if isinstance(v, (dict, list)) else v for v in value]
+        return [v for v in items if v not in _EMPTY]
     return value
 
 
