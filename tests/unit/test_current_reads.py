@@ -1,8 +1,10 @@
 """SQLite point reads remembered per connection until anything commits
-(fhirpm.storage.sqlite.reads): never a version older than the last commit."""
+(fhirpm.storage.sqlite.reads): a request never gets a version older than the last commit
+made before it arrived."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -22,6 +24,7 @@ async def test_a_read_is_remembered_until_this_process_commits(tmp_path: Path) -
         await put(store, version("Patient", "p", 1), 0)
         first = await store.read("Patient", "p")
         assert first is not None and first.version == 1
+        await asyncio.sleep(0)  # the next turn of the loop: a request arriving later
         assert await store.read("Patient", "p") is first  # served from memory
         await put(store, version("Patient", "p", 2), 1)
         second = await store.read("Patient", "p")
@@ -47,6 +50,7 @@ async def test_a_commit_by_another_connection_is_seen(tmp_path: Path) -> None:
                           (b'{"changed":true}',))
         finally:
             other.close()
+        await asyncio.sleep(0)  # a request arriving after that commit: the next loop turn
         assert (await store.read("Patient", "p")).body == b'{"changed":true}'
     finally:
         await store.close()

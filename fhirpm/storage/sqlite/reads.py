@@ -3,19 +3,26 @@ database does not change.
 
 A read by id is the commonest request, and most reads find what an earlier read found. So
 each query-only connection keeps the current versions it read, keyed by (type, id), and
-asks SQLite before every read whether anything was committed since: `PRAGMA data_version`
-changes whenever another connection (this process's writer, another process, the CLI
-loader) commits. Any change forgets everything remembered; nothing is ever served from
-before the last commit the pragma saw, so a read answers what the database held at that
-moment, exactly as a query would. The pragma costs about a third of the query it saves
-(the join, the body copied out, the version object built), measured in
-docs/performance.md.
+asks SQLite whether anything was committed since: `PRAGMA data_version` changes whenever
+another connection (this process's writer, another process, the CLI loader) commits, and
+any change forgets everything remembered.
+
+It asks once per turn of the event loop, at the turn's first read; the answer holds until
+the next turn (a `call_soon`). That is still linearizable: a request served in this turn
+arrived before the turn's first read looked (requests come in through the loop's poll,
+which precedes the callbacks of the turn, and a request arriving later is handled in a
+later turn, after the look has expired), so its answer is the database as it was at a
+moment between its arrival and its response. A commit made by this process resumes its
+writer through the loop, after the look expired as well. Under load a turn serves many
+reads (~13 with 16 busy connections), so the pragma's own cost (a read transaction) is
+shared too; docs/performance.md has the figures.
 
 Versions are immutable and shared: callers must not change them (they are frozen).
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable
 
@@ -34,13 +41,12 @@ class CurrentReads:
         self.limit = limit
         self._seen = -1  # data_version when `_versions` was filled
         self._versions: dict[tuple[str, str], ResourceVersion] = {}
+        self._checked = False  # `_seen` is current for this turn of the event loop
 
     def read(self, type: str, id: str) -> ResourceVersion | None:
-        stamp = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        if not self._checked:
+            self._check()
         versions = self._versions
-        if stamp != self._seen:
-            versions.clear()
-            self._seen = stamp
         key = (type, id)
         found = versions.get(key)
         if found is None:
@@ -50,3 +56,16 @@ class CurrentReads:
                     versions.clear()
                 versions[key] = found
         return found
+
+    def _check(self) -> None:
+        """Forget everything if anything committed since the last look; look again at the
+        next turn of the event loop (module doc)."""
+        stamp = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        if stamp != self._seen:
+            self._versions.clear()
+            self._seen = stamp
+        self._checked = True
+        asyncio.get_running_loop().call_soon(self._uncheck)
+
+    def _uncheck(self) -> None:
+        self._checked = False
