@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bench import asgi, data, floor_app
 from bench.loadgen import RunResult, new_loop_runner, run
-from bench.server import ServerProcess, cpu_seconds, free_port
+from bench.server import ServerProcess, cpu_seconds
 
 DESCRIPTION = "read-by-id throughput and p50/p99 vs a bare Starlette route (framework floor)"
 TARGET = 0.6
@@ -67,10 +67,10 @@ def main(argv: list[str]) -> int:
                                   env=deployed(args)) as fhirpm:
             token = fhirpm.auth_headers
             seed(fhirpm.port, data.sample_patient(), ids, token)
-            port = free_port()
-            with ServerProcess([sys.executable, "-m", "bench.floor_app", "--port", str(port),
-                                "--db", str(db)], port, work / "floor.log",
-                               ready_path="/fhir/none/none") as floor:
+            with ServerProcess.on_free_port(
+                    lambda port: [sys.executable, "-m", "bench.floor_app", "--port", str(port),
+                                  "--db", str(db)],
+                    work / "floor.log", ready_path="/fhir/none/none") as floor:
                 floor.token = fhirpm.token  # the floor gets (and ignores) the same header
                 sample = fetch(fhirpm.port, ids[0], token)
                 if fetch(floor.port, ids[0], token) != sample:

@@ -4,6 +4,12 @@
 (a bounded polling loop, never a fixed sleep), and stops it gracefully (SIGTERM) or brutally
 (SIGKILL, for crash tests). The child's output goes to a log file so a full pipe can never
 stall it; the log is quoted when the server fails to start.
+
+A free port is picked and released before the child binds it, so another process may take
+it in between. Two guards: the server counts as ready only once its own process holds the
+listening socket (from /proc; an answer from whoever else listens there does not count),
+and a server built with `ServerProcess.on_free_port` (a command for a given port) that
+exits because its port was taken is started again on another one.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -75,6 +82,36 @@ def staff_token(store_url: str, port: int, scope: str = "user/*.cruds") -> str:
     return asyncio.run(mint())
 
 
+PORT_ATTEMPTS = 5  # a server whose port was taken before it bound is tried elsewhere
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a TCP socket listening on `port` (Linux /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")  # 0A: LISTEN
+    if not inodes:
+        return False
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd) in inodes:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 class ServerProcess:
     def __init__(self, command: list[str], port: int, log_path: Path, *,
                  ready_path: str = "/fhir/metadata", env: dict[str, str] | None = None) -> None:
@@ -85,6 +122,29 @@ class ServerProcess:
         self.env = env if env is not None else server_env()
         self.proc: subprocess.Popen[bytes] | None = None
         self.token: str | None = None  # a bearer token the server accepts (fhirpm(auth=True))
+        # set by `on_free_port`: the command for a port (and what else depends on the port),
+        # so a start that lost its port to another process can be tried on another one
+        self._for_port: Callable[[int], None] | None = None
+        self._log_from = 0
+
+    @classmethod
+    def on_free_port(cls, command_for: Callable[[int], list[str]], log_path: Path, *,
+                     ready_path: str = "/fhir/metadata", env: dict[str, str] | None = None,
+                     prepare: Callable[[ServerProcess], None] | None = None
+                     ) -> ServerProcess:
+        """A server running `command_for(port)` on a free port, started on another one if
+        that port is taken before the server binds it. `prepare(server)` runs whenever the
+        port is chosen (for what depends on it, such as a token's audience)."""
+        server = cls([], 0, log_path, ready_path=ready_path, env=env)
+
+        def use(port: int) -> None:
+            server.port = port
+            server.command = command_for(port)
+            if prepare is not None:
+                prepare(server)
+        server._for_port = use
+        use(free_port())
+        return server
 
     @classmethod
     def fhirpm(cls, store_url: str, log_path: Path, port: int | None = None, *,
@@ -93,14 +153,19 @@ class ServerProcess:
         (minted into the store before the server starts). Off by default for the tests
         about serving, durability and ingest, where it adds nothing. `env`: more
         `FHIRPM_*` settings for the server (benchmarks running it as deployed)."""
-        port = port or free_port()
         extra = env or {}
-        if not auth:
-            return cls(fhirpm_command(port, store_url), port, log_path,
-                       env=server_env(**extra))
-        server = cls(fhirpm_command(port, store_url), port, log_path,
-                     env=server_env(**{**extra, "FHIRPM_AUTH__ENABLED": "true"}))
-        server.token = staff_token(store_url, port)
+        if auth:
+            extra = {**extra, "FHIRPM_AUTH__ENABLED": "true"}
+
+        def mint(server: ServerProcess) -> None:
+            server.token = staff_token(store_url, server.port)
+
+        if port is None:
+            return cls.on_free_port(lambda p: fhirpm_command(p, store_url), log_path,
+                                    env=server_env(**extra), prepare=mint if auth else None)
+        server = cls(fhirpm_command(port, store_url), port, log_path, env=server_env(**extra))
+        if auth:
+            mint(server)
         return server
 
     @property
@@ -117,23 +182,42 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT)
-        self._wait_ready(timeout)
-        return self
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            with self.log_path.open("ab") as log:
+                self._log_from = log.tell()  # this attempt's output starts here
+                self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=log,
+                                             stderr=subprocess.STDOUT)
+            if self._wait_ready(timeout):
+                return self
+            if self._for_port is None or attempt == PORT_ATTEMPTS:
+                break
+            self._for_port(free_port())  # the port was taken before the server bound it
+        raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_ready(self, timeout: float) -> bool:
+        """True once the server answers on its own socket; False if it exited because its
+        port was taken; raises if it failed otherwise or never became ready."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
+                if self._port_was_taken():
+                    return False
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            if self._answers():
-                return
+            if listens(self.proc.pid, self.port) and self._answers():
+                return True
             time.sleep(0.02)  # polling interval of a bounded readiness loop
         self.kill()
         raise RuntimeError(f"server not ready after {timeout} s:\n{self.log()}")
+
+    def _port_was_taken(self) -> bool:
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_from)
+                output = log.read().decode(errors="replace")
+        except OSError:
+            return False
+        return "address already in use" in output.lower()
 
     def _answers(self) -> bool:
         """Any HTTP answer means the app finished its startup (uvicorn binds after it)."""
