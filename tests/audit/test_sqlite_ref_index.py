@@ -5,6 +5,7 @@ the index catches up on its own once enough records were appended."""
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,10 +13,11 @@ import pytest
 
 from fhirpm.audit import chain
 from fhirpm.storage.port import AuditDraft, AuditEntry, AuditSpan
+from fhirpm.storage.sqlite import schema
 from fhirpm.storage.sqlite import store as sqlite_store
 from fhirpm.storage.sqlite.store import SqliteResourceStore
 
-PATIENTS = [f"Patient/p{n}" for n in range(5)]
+PATIENTS = [*(f"Patient/p{n}" for n in range(5)), 'odd "quoted" \\ ref']  # JSON-escaped
 
 
 def seal(payload: bytes, seq: int, previous: str) -> str:
@@ -110,13 +112,42 @@ async def test_the_index_catches_up_by_itself(store: SqliteResourceStore,
     rng = random.Random(3)
     await store.audit_commit(drafts(rng, 0, 6), seal)
     assert store._audit_indexing is None  # below the batch: left for later
-    await store.audit_commit(drafts(rng, 6, 6), seal)
-    running = store._audit_indexing
-    assert running is not None
-    assert await running == 12
+    await store.audit_commit(drafts(rng, 6, 6), seal)  # the group indexes all 12 itself
+    upkeep = store._audit_indexing  # then the WAL is checkpointed on the writer thread
+    assert upkeep is not None
+    await upkeep
+    assert await store.audit_index() == 0  # nothing was left to index
     async with store.unit_of_work() as unit:  # records appended by a unit count too
         await unit.audit_append(drafts(rng, 12, 10), seal)
-    running = store._audit_indexing
-    assert running is not None
-    assert await running == 10
+    upkeep = store._audit_indexing
+    assert upkeep is not None
+    assert await upkeep == 10  # indexed on the writer thread
     await check_every_span(store)
+
+
+async def test_a_log_from_before_the_deferred_index_is_migrated(tmp_path: Path) -> None:
+    """A database whose log kept newline-joined refs, indexed with every append."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    schema.migrate(conn)  # today's schema, then the log as the earlier one left it
+    conn.execute("DROP TABLE audit_indexed")
+    conn.execute(f"PRAGMA user_version = {len(schema.MIGRATIONS) - 1}")
+    old = [(1, "Patient/a\nPractitioner/x"), (2, ""), (3, 'Patient/b\nodd "quoted" \\ one')]
+    for seq, refs in old:
+        conn.execute("INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?)",
+                     (seq, f"2026-01-01T00:00:0{seq}.000000Z", refs, b"[]", "p", "h"))
+        conn.executemany("INSERT INTO audit_ref VALUES (?, ?)",
+                         [(ref, seq) for ref in refs.split("\n") if refs])
+    conn.close()
+    store = SqliteResourceStore(str(path))
+    await store.open()
+    try:
+        entries = await store.audit_list(AuditSpan())
+        assert [e.refs for e in entries] == [("Patient/a", "Practitioner/x"), (),
+                                             ("Patient/b", 'odd "quoted" \\ one')]
+        assert await store.audit_index() == 0  # all three were indexed before
+        for ref, seqs in (("Patient/a", [1]), ('odd "quoted" \\ one', [3]),
+                          ("Practitioner/x", [1])):
+            assert [e.seq for e in await store.audit_list(AuditSpan(ref=ref))] == seqs
+    finally:
+        await store.close()

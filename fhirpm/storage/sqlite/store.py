@@ -72,10 +72,8 @@ class SqliteResourceStore:
         self._readers: ThreadPoolExecutor | None = None
         self._write_lock = asyncio.Lock()
         self._commit_listeners: list[Callable[[], None]] = []
-        self._loop_writer: sqlite3.Connection | None = None  # audit groups (audit_commit)
-        self._checkpointing = False
         self._audit_unindexed = 0  # records this process appended since it last indexed
-        self._audit_indexing: asyncio.Future[int] | None = None
+        self._audit_indexing: asyncio.Future[Any] | None = None  # upkeep running
 
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener()` after every committed unit of work (change-feed wake-ups).
@@ -94,7 +92,7 @@ class SqliteResourceStore:
                                timeout=30.0)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
         conn.execute("PRAGMA cache_size=-65536")
         conn.execute("PRAGMA temp_store=MEMORY")
         if query_only:
@@ -127,7 +125,6 @@ class SqliteResourceStore:
             self._all_connections.clear()
         self._local = threading.local()  # the event loop thread's connection was closed too
         self._writer = self._readers = None
-        self._loop_writer = None
 
     # -- thread hops -----------------------------------------------------------------
 
@@ -241,34 +238,51 @@ class SqliteResourceStore:
         """Reads' records, committed in groups all day long. A trip to the writer thread
         costs more than the group's SQL (the thread wake-ups: docs/performance.md), so
         when the database's write lock is free the group is written right here, on the
-        event loop's own connection, which never waits for the lock (busy_timeout 0) and
-        never checkpoints (the writer thread does, see `_checkpoint_soon`). If another
-        process holds the lock, the group takes the writer thread, which waits for it."""
+        event loop's own connection, the one its point reads use: a connection's own
+        commits leave its page cache and its `data_version` (the point-read cache,
+        reads.py) alone, where another connection's commit would discard both before
+        every group's next reads. It never waits for the lock there (busy_timeout 0) and
+        never checkpoints (the writer thread does, see `_audit_appended`). If another
+        process holds the lock, the group takes the writer thread, which waits for it.
+        When the log's reference index is due, the group brings it up to date in the
+        same transaction (for the same reason: on another connection, the index's
+        commit would empty the point-read cache)."""
+        self._audit_unindexed += len(drafts)
+        index = self._audit_unindexed >= _AUDIT_INDEX_BATCH and self._audit_indexing is None
+
+        def append(c: sqlite3.Connection) -> None:
+            audit.append(c, drafts, seal)
+            if index:
+                audit.index_pending(c, _AUDIT_INDEX_BATCH * 4)
         async with self._write_lock:  # this process's writer thread is between units
-            conn = self._loop_writer_connection()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if not _locked(exc):
-                    raise
-                await self._write(lambda c: _transaction(c, lambda c: audit.append(
-                    c, drafts, seal)))
-            else:
-                _finish(conn, lambda c: audit.append(c, drafts, seal))
-        self._checkpoint_soon()
-        self._audit_appended(len(drafts))
+            if not self._on_loop_connection(append):
+                await self._write(lambda c: _transaction(c, append))
+        if index:
+            self._audit_unindexed = 0
+            self._audit_indexing = asyncio.ensure_future(self._write(_checkpoint))
+            self._audit_indexing.add_done_callback(self._audit_indexed)
 
     def _audit_appended(self, records: int) -> None:
-        """Index the log's references behind the appends (sqlite/audit.py says why), in
-        batches on the writer thread, which SQLite leaves free to run beside the loop."""
+        """Records appended by units of work: every `_AUDIT_INDEX_BATCH` records, on the
+        writer thread (which SQLite leaves free to run beside the loop), index the log's
+        references (sqlite/audit.py says why) and fold the WAL back into the database,
+        which the loop's connection never does (a checkpoint writes and syncs many pages).
+        Counted in records, not by the WAL's size: the file keeps its size after a
+        checkpoint, so a size test checkpointed after every group once the WAL had grown
+        (~12% of the CPU of reads)."""
         self._audit_unindexed += records
         if self._audit_unindexed < _AUDIT_INDEX_BATCH or self._audit_indexing is not None:
             return
         self._audit_unindexed = 0
-        self._audit_indexing = asyncio.ensure_future(self.audit_index())
+        self._audit_indexing = asyncio.ensure_future(self._audit_upkeep())
         self._audit_indexing.add_done_callback(self._audit_indexed)
 
-    def _audit_indexed(self, done: asyncio.Future[int]) -> None:
+    async def _audit_upkeep(self) -> int:
+        indexed = await self.audit_index()
+        await self._write(_checkpoint)
+        return indexed
+
+    def _audit_indexed(self, done: asyncio.Future[Any]) -> None:
         self._audit_indexing = None
         _retrieved(done)
 
@@ -282,33 +296,25 @@ class SqliteResourceStore:
             if done == 0:
                 return total
 
-    def _loop_writer_connection(self) -> sqlite3.Connection:
-        if self._loop_writer is None:
-            conn = self._connect(query_only=False)
-            conn.execute("PRAGMA busy_timeout=0")
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-            self._loop_writer = conn
-        return self._loop_writer
-
-    def _checkpoint_soon(self) -> None:
-        """Fold the WAL back into the database on the writer thread once it is large (the
-        loop's connection does not checkpoint: a checkpoint writes and syncs many pages)."""
-        if self._checkpointing or self._writer is None:
-            return
+    def _on_loop_connection(self, fn: Callable[[sqlite3.Connection], None]) -> bool:
+        """Run `fn` in a write transaction on the loop's connection, writable only
+        meanwhile; False (and nothing done) when another connection holds the lock."""
+        conn = self._thread_connection(query_only=True)
+        conn.execute("PRAGMA query_only=OFF")
+        conn.execute("PRAGMA busy_timeout=0")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         try:
-            size = os.path.getsize(self.path + "-wal")
-        except OSError:
-            return
-        if size < _CHECKPOINT_BYTES:
-            return
-        self._checkpointing = True
-
-        def run(c: sqlite3.Connection) -> None:
             try:
-                c.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            finally:
-                self._checkpointing = False
-        asyncio.ensure_future(self._write(run)).add_done_callback(_retrieved)
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if not _locked(exc):
+                    raise
+                return False
+            _finish(conn, fn)
+            return True
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+            conn.execute("PRAGMA query_only=ON")
 
     async def audit_head(self) -> AuditEntry | None:
         return audit.head(self._thread_connection(query_only=True))  # a point read, as read()
@@ -490,13 +496,20 @@ class SqliteUnitOfWork:
             self._audit.append((drafts, seal))
 
 
-_CHECKPOINT_BYTES = 4 << 20  # ~1,000 pages: SQLite's own autocheckpoint size
-_AUDIT_INDEX_BATCH = 2_000  # audit records indexed together (sorted: they share pages)
+_BUSY_MS = 30_000  # how long a statement waits for a lock another connection holds
+# audit records indexed together (sorted, they share pages); also how often the WAL is
+# checkpointed while only reads' records are written (~4 MB of WAL, ~1,000 pages: SQLite's
+# own autocheckpoint size)
+_AUDIT_INDEX_BATCH = 2_000
 
 
 def _transaction[R](c: sqlite3.Connection, fn: Callable[[sqlite3.Connection], R]) -> R:
     c.execute("BEGIN IMMEDIATE")
     return _finish(c, fn)
+
+
+def _checkpoint(c: sqlite3.Connection) -> None:
+    c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _snapshot[R](c: sqlite3.Connection, fn: Callable[[sqlite3.Connection], R]) -> R:
