@@ -58,6 +58,7 @@ Exchange = Callable[[], Any]
 
 _WRITES = {"create", "update", "patch", "delete"}
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_READ_METHODS = frozenset({"GET", "HEAD"})
 _BY_METHOD = {"GET": "read", "HEAD": "read", "POST": "create", "PUT": "update",
               "PATCH": "patch", "DELETE": "delete"}
 # path shape -> method -> interaction (None: not audited)
@@ -158,6 +159,12 @@ class Recorder:
         outer = _scope.get()
         if outer is not None and outer.ended:
             outer = None
+        if outer is None and req.uow is None and req.method in _READ_METHODS:
+            parts = req.path.split("/")
+            if len(parts) in (2, 4) and all(parts):
+                interaction = _interaction(req.method, parts)
+                if interaction in ("read", "vread"):
+                    return await self._read(req, parts, interaction, inner)
         if outer is not None and not outer.nested:  # a handler's own sub-request: folded in
             response = await inner(req)
             if response.version is not None:
@@ -193,6 +200,40 @@ class Recorder:
             raise failure
         finally:
             scope.ended = True
+
+    async def _read(self, req: FhirRequest, parts: list[str], interaction: str,
+                    inner: Inner) -> FhirResponse:
+        """A read or vread asked on its own: most of what the trail records, so its record
+        is made directly (a read nests no requests: no scope, nothing deferred), the same
+        record `_events` would make."""
+        who = self._request_who(req, None)
+        try:
+            response = await inner(req)
+        except Exception as exc:
+            await self._failed(req, parts, interaction, who, exc)
+            raise
+        version = response.version
+        if version is None:  # not a resource's version (a handler's own answer)
+            drafts = self._built(lambda: self._events(req, parts, interaction,
+                                                      _Scope(who, nested=False), response))
+        else:
+            drafts = self._built(lambda: rec.rest(
+                ev.Access(interaction, (_reference(version),),
+                          tuple(self._patients_of_version(version)), _query(req, parts)),
+                who, self.server, ev.Outcome(response.status), now_instant()))
+        await self._submit(drafts)
+        return response
+
+    async def _failed(self, req: FhirRequest, parts: list[str], interaction: str,
+                      who: ev.Who, exc: Exception) -> None:
+        """Store a failed request's record; not storing it is only logged (the request
+        answers its own error anyway)."""
+        status, text = ((exc.status, exc.diagnostics) if isinstance(exc, FhirError)
+                        else (500, "Internal server error"))
+        drafts = self._built(lambda: self._failure_events(req, parts, interaction, who,
+                                                          status, text))
+        with contextlib.suppress(FhirError):
+            await self._submit(drafts)
 
     async def _run(self, ix: Interactions, req: FhirRequest, parts: list[str],
                    interaction: str, scope: _Scope, inner: Inner
