@@ -223,8 +223,11 @@ class EdgeMiddleware:
         if status < 400 and exchange.path in OPS_PATHS:
             return  # probes and scrapes every few seconds would drown the log
         # the path only: query strings carry search terms, which may be patient data
+        # milliseconds to the microsecond (round(x, 3) on a float costs ~0.7 us: it goes
+        # through a decimal conversion)
         self.access_line.request(exchange.request_id, exchange.method, exchange.path, status,
-                                 round(seconds * 1000, 3), exchange.client, interaction)
+                                 int(seconds * 1e6 + 0.5) / 1000, exchange.client,
+                                 interaction)
 
 
 def _is_preflight(scope: Scope) -> bool:
