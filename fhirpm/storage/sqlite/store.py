@@ -129,9 +129,14 @@ class SqliteResourceStore:
     # -- thread hops -----------------------------------------------------------------
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._submit(fn)
+
+    def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue `fn` on the writer thread now, not when the caller next yields to the
+        loop (as a coroutine or task would: a transaction that never suspends until its
+        COMMIT would leave every background batch unstarted until then)."""
         assert self._writer is not None, "store is not open"
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
+        return asyncio.get_running_loop().run_in_executor(
             self._writer, lambda: fn(self._thread_connection(query_only=False)))
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -443,7 +448,8 @@ class SqliteUnitOfWork:
                 self._failed = exc
                 raise
             return fn(c) if fn is not None else None
-        task = asyncio.ensure_future(self._store._write(run))
+        # queued at once: the writer inserts this batch while the caller goes on
+        task = self._store._submit(run)
         task.add_done_callback(_retrieved)
         return task
 
