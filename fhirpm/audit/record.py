@@ -50,17 +50,36 @@ def rest(access: ev.Access, who: ev.Who, server: ev.Server, outcome: ev.Outcome,
         raise ValueError(f"not an auditable interaction: {access.interaction!r}")
     resources = list(access.resources)
     refs = [_unversioned(r) for r in resources]
+    return [_draft(recorded, access.interaction, resources, refs, patient, access.query,
+                   access.operation, outcome.status, outcome.description, who, server)
+            for patient in list(dict.fromkeys(access.patients)) or [None]]
+
+
+def read(interaction: str, type: str, id: str, version: int, patients: list[str],
+         query: str, status: int, who: ev.Who, server: ev.Server,
+         recorded: str) -> list[AuditDraft]:
+    """`rest` for a read or vread of one version (most records): the same drafts, made
+    without the general walk (no versioned references to strip, no Access to build)."""
+    reference = f"{type}/{id}"
+    resources = [f"{reference}/_history/{version}"]
+    return [_draft(recorded, interaction, resources, [reference], patient, query, None,
+                   status, None, who, server)
+            for patient in (list(dict.fromkeys(patients)) if patients else [None])]
+
+
+def _draft(recorded: str, interaction: str, resources: list[str], refs: list[str],
+           patient: str | None, query: str | None, operation: str | None, status: int,
+           description: str | None, who: ev.Who, server: ev.Server) -> AuditDraft:
+    """The facts array, in its one layout (`_event` reads it back)."""
+    facts = [_REST, recorded, interaction, resources, patient, query, operation, status,
+             description, who.client_id, who.user, who.fhir_user, who.address,
+             who.request_id, server.base_url, server.name, server.site]
+    named = [*refs]
     if who.fhir_user:
-        refs.append(who.fhir_user)
-    drafts = []
-    for patient in list(dict.fromkeys(access.patients)) or [None]:
-        facts = [_REST, recorded, access.interaction, resources, patient, access.query,
-                 access.operation, outcome.status, outcome.description, who.client_id,
-                 who.user, who.fhir_user, who.address, who.request_id, server.base_url,
-                 server.name, server.site]
-        named = [*refs, f"Patient/{patient}"] if patient is not None else refs
-        drafts.append(AuditDraft(recorded, tuple(dict.fromkeys(named)), orjson.dumps(facts)))
-    return drafts
+        named.append(who.fhir_user)
+    if patient is not None:
+        named.append(f"Patient/{patient}")
+    return AuditDraft(recorded, tuple(dict.fromkeys(named)), orjson.dumps(facts))
 
 
 def whole(event: dict[str, Any]) -> AuditDraft:

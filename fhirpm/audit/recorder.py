@@ -217,10 +217,10 @@ class Recorder:
             drafts = self._built(lambda: self._events(req, parts, interaction,
                                                       _Scope(who, nested=False), response))
         else:
-            drafts = self._built(lambda: rec.rest(
-                ev.Access(interaction, (_reference(version),),
-                          tuple(self._patients_of_version(version)), _query(req, parts)),
-                who, self.server, ev.Outcome(response.status), now_instant()))
+            drafts = self._built(lambda: rec.read(
+                interaction, version.type, version.id, version.version,
+                self._patients_of_version(version), _query(req, parts), response.status,
+                who, self.server, now_instant()))
         await self._submit(drafts)
         return response
 
