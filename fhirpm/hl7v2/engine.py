@@ -375,7 +375,11 @@ class _Run:
             if not r.repeats:
                 reps = reps[:1]
             for n, rep in enumerate(reps):
-                value = self._convert(rule, rep)
+                if r.prim is not None:  # a leaf, read as _typed reads it
+                    text = rep[0][0] if rep and rep[0] else ""
+                    value = r.prim(self, text, r.vocab) if text and text != NULL else None
+                else:
+                    value = self._convert(rule, rep)
                 if value is None:
                     continue
                 if r.has_key and n == 0:
@@ -432,16 +436,22 @@ class _Run:
                     if value is not None:
                         _set(out, r.path, value)
                 continue
-            sub = _sub_comps(comps, c)
+            # component c seen as a datatype of its own: its subcomponents are components
+            leaves = comps[c - 1]
             if r.sub is not None:  # one subcomponent (SAD.2 street name inside XAD.1)
-                sub = sub[r.sub - 1:r.sub]
-            if not any(s[0] for s in sub) or sub == [[NULL]]:
+                leaves = leaves[r.sub - 1:r.sub]
+            if not any(leaves) or leaves == [NULL]:
                 continue
             if r.has_value:
                 _set(out, r.path, copy_json(rule["value"]))
                 continue
-            value = (r.fn(self, sub, rule) if r.fn is not None
-                     else self._typed(r.type, sub, r.vocab))
+            if r.fn is not None:
+                value = r.fn(self, [[s] for s in leaves], rule)
+            elif r.prim is not None:  # a leaf: its first subcomponent, as _typed reads it
+                text = leaves[0]
+                value = r.prim(self, text, r.vocab) if text and text != NULL else None
+            else:
+                value = self._typed(r.type, [[s] for s in leaves], r.vocab)
             if value is None:
                 continue
             _set(out, r.path, value)
@@ -620,6 +630,9 @@ class _Rule:
     repeats: bool  # every repetition is mapped (`a[]` paths, `repeat`)
     has_key: bool
     with_: dict[str, Any] | None
+    # neither `ref` nor `fn`, and `type` a primitive: the field's first leaf, converted
+    prim: Callable[[_Run, str, str | None], Any] | None
+    vocab: str | None
 
 
 _COMPILED: dict[int, tuple[Any, tuple[_Rule, ...]]] = {}
@@ -639,7 +652,10 @@ def _compiled(rules: Any) -> tuple[_Rule, ...]:
         out.append(_Rule(rule, rule.get("f", 0) if constant else rule["f"], path, _top(path),
                          rule.get("when") or None, constant, "value" in rule,
                          "[]" in path or bool(rule.get("repeat")), "key" in rule,
-                         rule.get("with")))
+                         rule.get("with"),
+                         None if "ref" in rule or "fn" in rule
+                         else PRIMITIVES.get(rule.get("type", "string")),
+                         rule.get("vocab")))
     compiled = tuple(out)
     _COMPILED[id(rules)] = (rules, compiled)
     return compiled
@@ -658,6 +674,7 @@ class _DatatypeRule:
     has_value: bool
     type: str
     vocab: str | None
+    prim: Callable[[_Run, str, str | None], Any] | None  # `type` is a primitive: its leaf
 
 
 _COMPILED_DATATYPES: dict[int, tuple[Any, tuple[tuple[_DatatypeRule, ...],
@@ -674,7 +691,8 @@ def _compiled_datatype(rules: Any) -> tuple[tuple[_DatatypeRule, ...],
     compiled = tuple(_DatatypeRule(
         rule, rule.get("c"), rule["path"], rule.get("when") if "when" in rule else None,
         _function(rule["fn"]) if "fn" in rule else None, rule.get("sub"), "value" in rule,
-        rule.get("type", "string"), rule.get("vocab")) for rule in rules)
+        rule.get("type", "string"), rule.get("vocab"),
+        PRIMITIVES.get(rule.get("type", "string"))) for rule in rules)
     constants = tuple(rule for rule in rules
                       if "c" not in rule and "fn" not in rule and "value" in rule)
     _COMPILED_DATATYPES[id(rules)] = (rules, (compiled, constants))
@@ -729,13 +747,6 @@ def _comp(comps: Comps, n: int) -> str:
     return comps[n - 1][0] if n <= len(comps) and comps[n - 1] else ""
 
 
-def _sub_comps(comps: Comps, n: int) -> Comps:
-    """Component n seen as a datatype of its own: its subcomponents become components."""
-    if n > len(comps) or not any(comps[n - 1]):
-        return []
-    return [[s] for s in comps[n - 1]]
-
-
 _STEP = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d*)\])?$")
 
 
@@ -757,6 +768,9 @@ def _set(obj: dict[str, Any], path: str, value: Any, with_: dict[str, Any] | Non
          ) -> None:
     """Set `value` at a path: `a.b` (object), `a[]` (append), `a[0]` (that element)."""
     steps = _steps(path)
+    if len(steps) == 1 and steps[0][1] is None:  # `name`: the commonest rule path
+        obj[path] = value
+        return
     cur: Any = obj
     for i, (name, index) in enumerate(steps):
         last = i == len(steps) - 1

@@ -199,8 +199,11 @@ class Segment:
             return [[[text]]]
         if text == NULL:
             return [[[NULL]]]
-        return [[[unescape(sub, d) for sub in comp.split(d.subcomponent)]
-                 for comp in rep.split(d.component)]
+        sub_, comp_ = d.subcomponent, d.component
+        if d.escape not in text:  # the common case: nothing to unescape in any leaf
+            return [[comp.split(sub_) for comp in rep.split(comp_)]
+                    for rep in text.split(d.repetition)]
+        return [[[unescape(sub, d) for sub in comp.split(sub_)] for comp in rep.split(comp_)]
                 for rep in text.split(d.repetition)]
 
     def value(self, n: int, comp: int = 1, sub: int = 1, rep: int = 0) -> str:
