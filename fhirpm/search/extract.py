@@ -342,6 +342,10 @@ class RegistryIndexer:
         self.skipped: dict[str, str] = {}  # parameter url -> why its expression is not used
         self._plans: dict[str, list[Step]] = {}
         self._meta: dict[str, list[Step]] = {}  # plan steps that read server meta
+        # (id of a plan or meta list, a resource's top-level keys) -> the steps that can
+        # find anything there: resources of a type share a few key sets, and testing every
+        # step of a plan against every resource cost more than most steps themselves
+        self._selected: dict[tuple[int, frozenset[str]], list[Step]] = {}
         self._revision = registry.revision
 
     def extract(self, type: str, resource: dict[str, Any], *,
@@ -356,10 +360,7 @@ class RegistryIndexer:
              exclude: Collection[str] = ()) -> list[IndexEntry]:
         entries: list[IndexEntry] = []
         focus, env = [resource], (resource, resource)
-        present = resource.keys()
-        for code, convert, fn, keys, of_type in steps:
-            if keys is not None and present.isdisjoint(keys):
-                continue  # none of the elements it reads is there: skip the call
+        for code, convert, fn, _keys, of_type in self._applicable(steps, resource):
             if (only is not None and code not in only) or code in exclude:
                 continue
             try:
@@ -379,6 +380,18 @@ class RegistryIndexer:
                 log.warning("index extraction failed", exc_info=True,
                             extra={"param": code, "resource_type": type})
         return entries
+
+    def _applicable(self, steps: list[Step], resource: dict[str, Any]) -> list[Step]:
+        """The steps that read at least one element `resource` has (or read anything)."""
+        present = frozenset(resource)
+        key = (id(steps), present)
+        found = self._selected.get(key)
+        if found is None:
+            if len(self._selected) >= _SELECTED_MAX:
+                self._selected.clear()
+            found = self._selected[key] = [
+                step for step in steps if step[3] is None or not present.isdisjoint(step[3])]
+        return found
 
     def meta_codes(self, type: str) -> frozenset[str]:
         """The codes of `type` whose values may depend on what the server sets when it
@@ -405,6 +418,7 @@ class RegistryIndexer:
         if self._revision != self.registry.revision:
             self._plans.clear()
             self._meta.clear()
+            self._selected.clear()  # keyed by the ids of the lists just dropped
             self._revision = self.registry.revision
         steps = self._plans.get(type)
         if steps is None:
@@ -449,6 +463,8 @@ class RegistryIndexer:
                             extra={"param": param.code, "url": param.url})
             return None
 
+
+_SELECTED_MAX = 4096  # key sets remembered (then start afresh): bounded memory
 
 _SERVER_META = ("versionId", "lastUpdated")
 

@@ -355,7 +355,7 @@ def _member(base: Fn, name: str) -> Fn:
         def member(focus: list[Any], env: Env) -> list[Any]:
             return _children(base(focus, env), name)
         return member
-    size = len(name)
+    keys = frozenset(name + suffix for suffix in suffixes)
 
     def choice(focus: list[Any], env: Env) -> list[Any]:
         out: list[Any] = []
@@ -364,8 +364,13 @@ def _member(base: Fn, name: str) -> Fn:
                 continue
             value = item.get(name)
             if value is None:
-                value = next((v for k, v in item.items()
-                              if k.startswith(name) and k[size:] in suffixes), None)
+                # which of the typed keys (`effectiveDateTime`, ...) it has: one set
+                # operation in C rather than a test of every key of the element
+                hits = keys.intersection(item)
+                if len(hits) == 1:
+                    value = item[next(iter(hits))]
+                elif hits:  # several (invalid): the first in the element's order
+                    value = next(item[k] for k in item if k in hits)
             if value is not None:
                 if type(value) is list:
                     out.extend(v for v in value if v is not None)
