@@ -27,6 +27,20 @@ from fhirpm.errors import Issue
 
 _LIST_LIMIT = 12  # list the allowed codes in the message when there are this few
 
+# Where the walk is: the root's name, or (parent, element name, list index or None).
+# Made into text only for a problem: formatting it at every element visited cost more
+# than the checks (almost every resource has none).
+Path = str | tuple[Any, str, int | None]
+
+
+def _path_text(path: Path) -> str:
+    """`Patient.name[0].use` for ((`Patient`, `name`, 0), `use`, None)."""
+    if isinstance(path, str):
+        return path
+    parent, key, n = path
+    text = f"{_path_text(parent)}.{key}"
+    return text if n is None else f"{text}[{n}]"
+
 
 class BindingChecker:
     def __init__(self, table: dict[str, Any]) -> None:
@@ -69,7 +83,7 @@ class BindingChecker:
             self._walk(resource, kind, path or kind, issues)
         return issues
 
-    def _walk(self, obj: dict[str, Any], node_name: str, path: str,
+    def _walk(self, obj: dict[str, Any], node_name: str, path: Path,
               issues: list[Issue]) -> None:
         node = self.nodes.get(node_name)
         if node is None:
@@ -80,11 +94,11 @@ class BindingChecker:
                 continue
             if type(value) is list:
                 for n, item in enumerate(value):
-                    self._element(item, target, f"{path}.{key}[{n}]", issues)
+                    self._element(item, target, (path, key, n), issues)
             else:
-                self._element(value, target, f"{path}.{key}", issues)
+                self._element(value, target, (path, key, None), issues)
 
-    def _element(self, value: Any, target: str, path: str, issues: list[Issue]) -> None:
+    def _element(self, value: Any, target: str, path: Path, issues: list[Issue]) -> None:
         if target[0] != "@":
             self._coded(value, target, path, issues)
         elif type(value) is not dict:
@@ -96,7 +110,7 @@ class BindingChecker:
         else:
             self._walk(value, target[1:], path, issues)
 
-    def _coded(self, value: Any, vs: str, path: str, issues: list[Issue]) -> None:
+    def _coded(self, value: Any, vs: str, path: Path, issues: list[Issue]) -> None:
         if isinstance(value, str):
             if value not in self.codes[vs]:
                 issues.append(self._issue(path, value, vs))
@@ -109,7 +123,7 @@ class BindingChecker:
                 if problem is not None:
                     issues.append(self._issue(path, problem, vs))
 
-    def _concept(self, codings: list[Any], vs: str, path: str, issues: list[Issue]) -> None:
+    def _concept(self, codings: list[Any], vs: str, path: Path, issues: list[Issue]) -> None:
         problems = [self._coding_problem(c, vs) for c in codings if type(c) is dict]
         if problems and all(p is not None for p in problems):
             issues.append(self._issue(path, ", ".join(p for p in problems if p), vs))
@@ -124,7 +138,8 @@ class BindingChecker:
         allowed = self.systems[vs].get(system)
         return None if allowed is not None and code in allowed else f"{system}|{code}"
 
-    def _issue(self, path: str, shown: str, vs: str) -> Issue:
+    def _issue(self, at: Path, shown: str, vs: str) -> Issue:
+        path = _path_text(at)
         allowed = sorted(self.codes[vs])
         hint = f" (one of {', '.join(allowed)})" if len(allowed) <= _LIST_LIMIT else ""
         return Issue("code-invalid",
