@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
@@ -56,8 +56,7 @@ SECRET_PARAMS = frozenset({"code", "code_verifier", "client_secret", "client_ass
                            "refresh_token", "password", "token"})
 
 
-@dataclass(frozen=True, slots=True)
-class Who:
+class Who(NamedTuple):
     """The requesting side: the access token's user, client and fhirUser, and the
     connection's address and request id."""
 
