@@ -43,14 +43,27 @@ async def test_the_sweeper_stops_after_an_idle_interval() -> None:
     assert deadlines._sweeper is None and not request.timed_out
 
 
+class Clock:
+    """A clock the test moves by hand (what `Exchange.started` and the limit are read from)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def test_only_the_task_of_an_unanswered_request_past_its_deadline_is_cancelled(
         ) -> None:
-    deadlines = Deadlines(0.04, CURRENT)
+    clock = Clock()
+    deadlines = Deadlines(60.0, CURRENT, clock=clock)
+    release = asyncio.Event()  # everything still running finishes when the test says so
+    waiting = {"stuck": asyncio.Event(), "streaming": asyncio.Event()}
     helper_done = asyncio.Event()
     outcomes: dict[str, str] = {}
 
     async def serve(name: str, answers: bool) -> None:
-        request = _request()
+        request = Exchange("r", "GET", "/fhir/Patient/1", None, "http", clock())
         CURRENT.set(request)
         deadlines.start(request)
         if answers:
@@ -59,18 +72,26 @@ async def test_only_the_task_of_an_unanswered_request_past_its_deadline_is_cance
             # a task it starts shares its context but serves no request itself
             asyncio.get_running_loop().create_task(helper()).add_done_callback(
                 lambda _: helper_done.set())
+        waiting[name].set()
         try:
-            await asyncio.sleep(0.5)
+            await release.wait()
             outcomes[name] = "finished"
         except asyncio.CancelledError:
             outcomes[name] = "cancelled, timed out" if request.timed_out else "cancelled"
 
     async def helper() -> None:
-        await asyncio.sleep(0.3)
+        await release.wait()
         outcomes["helper"] = "finished"
 
-    await asyncio.gather(serve("stuck", False), serve("streaming", True))
-    await asyncio.wait_for(helper_done.wait(), 5.0)
+    served = asyncio.gather(serve("stuck", False), serve("streaming", True))
+    for event in waiting.values():
+        await asyncio.wait_for(event.wait(), 10)
+    assert deadlines._expire() is True and not outcomes  # not yet due: nothing cancelled
+    clock.now += 61  # past the limit
+    deadlines._expire()  # what the sweeper runs every quarter of the limit
+    release.set()
+    await asyncio.wait_for(served, 10)
+    await asyncio.wait_for(helper_done.wait(), 10)
     assert outcomes == {"stuck": "cancelled, timed out", "streaming": "finished",
                         "helper": "finished"}
     await deadlines.close()
