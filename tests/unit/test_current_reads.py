@@ -73,3 +73,38 @@ async def test_misses_and_a_full_memory_still_answer_from_the_database(tmp_path:
         assert len(store._local.reads._versions) <= 2
     finally:
         await store.close()
+
+
+def test_a_look_does_not_outlive_its_event_loop(tmp_path: Path) -> None:
+    """A loop stopped before its next turn (its look never expired) leaves nothing standing
+    for the next loop that reads through the same store."""
+    path = tmp_path / "r.db"
+    store = SqliteResourceStore(str(path))
+    loop = asyncio.new_event_loop()
+
+    async def read_and_stop() -> None:
+        await store.read("Patient", "p")
+        loop.stop()  # the loop ends with this turn: the look's expiry, due next turn, never runs
+
+    try:
+        loop.run_until_complete(store.open())
+        loop.run_until_complete(put(store, version("Patient", "p", 1), 0))
+        reading = loop.create_task(read_and_stop())
+        loop.run_forever()
+        assert reading.done() and store._local.reads._looked_on is loop  # still standing
+    finally:
+        loop.close()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("UPDATE history SET body = ? WHERE type = 'Patient' AND id = 'p'",
+                      (b'{"changed":true}',))
+    finally:
+        other.close()
+
+    async def read_then_close() -> bytes:
+        try:
+            return (await store.read("Patient", "p")).body
+        finally:
+            await store.close()
+
+    assert asyncio.run(read_then_close()) == b'{"changed":true}'

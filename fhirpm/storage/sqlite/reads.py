@@ -41,11 +41,14 @@ class CurrentReads:
         self.limit = limit
         self._seen = -1  # data_version when `_versions` was filled
         self._versions: dict[tuple[str, str], ResourceVersion] = {}
-        self._checked = False  # `_seen` is current for this turn of the event loop
+        # the loop whose current turn `_seen` is good for (None: look before reading); a
+        # loop stopped before its next turn cannot leave a look standing for another loop
+        self._looked_on: asyncio.AbstractEventLoop | None = None
 
     def read(self, type: str, id: str) -> ResourceVersion | None:
-        if not self._checked:
-            self._check()
+        loop = asyncio.get_running_loop()
+        if self._looked_on is not loop:
+            self._check(loop)
         versions = self._versions
         key = (type, id)
         found = versions.get(key)
@@ -57,15 +60,15 @@ class CurrentReads:
                 versions[key] = found
         return found
 
-    def _check(self) -> None:
+    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
         """Forget everything if anything committed since the last look; look again at the
         next turn of the event loop (module doc)."""
         stamp = self.conn.execute("PRAGMA data_version").fetchone()[0]
         if stamp != self._seen:
             self._versions.clear()
             self._seen = stamp
-        self._checked = True
-        asyncio.get_running_loop().call_soon(self._uncheck)
+        self._looked_on = loop
+        loop.call_soon(self._expire)
 
-    def _uncheck(self) -> None:
-        self._checked = False
+    def _expire(self) -> None:
+        self._looked_on = None
