@@ -2,10 +2,11 @@
 database does not change.
 
 A read by id is the commonest request, and most reads find what an earlier read found. So
-each query-only connection keeps the current versions it read, keyed by (type, id), and
+the event loop's connection keeps the current versions it read, keyed by (type, id), and
 asks SQLite whether anything was committed since: `PRAGMA data_version` changes whenever
 another connection (this process's writer, another process, the CLI loader) commits, and
-any change forgets everything remembered.
+any change forgets everything remembered. (The connection's own commits, the audit groups
+of reads, do not change it; they touch no resource.)
 
 It asks once per turn of the event loop, at the turn's first read; the answer holds until
 the next turn (a `call_soon`). That is still linearizable: a request served in this turn
@@ -13,7 +14,9 @@ arrived before the turn's first read looked (requests come in through the loop's
 which precedes the callbacks of the turn, and a request arriving later is handled in a
 later turn, after the look has expired), so its answer is the database as it was at a
 moment between its arrival and its response. A commit made by this process resumes its
-writer through the loop, after the look expired as well. Under load a turn serves many
+writer through the loop, after the look expired as well. (Only code that commits through
+a connection of its own without yielding to the loop, then reads in the same turn, could
+see the look's older state: tests and tools, never a request.) Under load a turn serves many
 reads (~13 with 16 busy connections), so the pragma's own cost (a read transaction) is
 shared too; docs/performance.md has the figures.
 
