@@ -66,8 +66,8 @@ class AuditDraft(NamedTuple):
     """An audit record before it has a place in the store's audit log.
 
     `payload` is what the hash chain seals (opaque to the store); `refs` are the references
-    it names ("Patient/7", "Practitioner/2"), kept beside it so the records naming one
-    can be found without reading payloads. Immutable tuples, not frozen dataclasses: every
+    it names ("Patient/7", "Practitioner/2"), each once, kept beside it so the records
+    naming one can be found without reading payloads. Immutable tuples, not frozen dataclasses: every
     read makes one, and a frozen dataclass costs ~1 us more to build."""
 
     recorded: str  # FHIR instant, fixed width

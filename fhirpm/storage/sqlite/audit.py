@@ -93,8 +93,9 @@ def append(c: sqlite3.Connection, drafts: Sequence[AuditDraft], seal: Sealer) ->
     for draft in drafts:
         seq += 1
         hash_ = seal(draft.payload, seq, previous)
-        rows.append((seq, draft.recorded, _refs_text(draft.refs), draft.payload, previous,
-                     hash_))
+        # drafts name each reference once (record.py), so no de-duplication here
+        rows.append((seq, draft.recorded, orjson.dumps(draft.refs).decode(), draft.payload,
+                     previous, hash_))
         previous = hash_
     c.executemany("INSERT INTO audit_log VALUES (?,?,?,?,?,?)", rows)
     _move_head(c, seq, previous)
