@@ -135,9 +135,12 @@ class Recorder:
         try:
             await self.batch.submit(events)
         except Exception as exc:
-            log.error("AuditEvents could not be stored: %s", exc)
-            if self.fail_closed:
-                raise unavailable() from None
+            self._not_stored(exc)
+
+    def _not_stored(self, exc: Exception) -> None:
+        log.error("AuditEvents could not be stored: %s", exc)
+        if self.fail_closed:
+            raise unavailable() from None
 
     # -- who and when ---------------------------------------------------------------------
 
@@ -206,22 +209,28 @@ class Recorder:
         """A read or vread asked on its own: most of what the trail records, so its record
         is made directly (a read nests no requests: no scope, nothing deferred), the same
         record `_events` would make."""
-        who = self._request_who(req, None)
         try:
             response = await inner(req)
         except Exception as exc:
-            await self._failed(req, parts, interaction, who, exc)
+            await self._failed(req, parts, interaction, self._request_who(req, None), exc)
             raise
         version = response.version
-        if version is None:  # not a resource's version (a handler's own answer)
-            drafts = self._built(lambda: self._events(req, parts, interaction,
-                                                      _Scope(who, nested=False), response))
-        else:
-            drafts = self._built(lambda: rec.read(
-                interaction, version.type, version.id, version.version,
-                self._patients_of_version(version), _query(req, parts), response.status,
-                who, self.server, now_instant()))
-        await self._submit(drafts)
+        try:
+            if version is None:  # not a resource's version (a handler's own answer)
+                drafts = self._events(req, parts, interaction,
+                                      _Scope(self._request_who(req, None), nested=False),
+                                      response)
+            else:
+                drafts = rec.read(interaction, version.type, version.id, version.version,
+                                  self._patients_of_version(version), _query(req, parts),
+                                  response.status, self._request_who(req, None),
+                                  self.server, now_instant())
+        except Exception:
+            drafts = self._unbuilt()
+        try:
+            await self.batch.submit(drafts)
+        except Exception as exc:
+            self._not_stored(exc)
         return response
 
     async def _failed(self, req: FhirRequest, parts: list[str], interaction: str,
@@ -289,10 +298,15 @@ class Recorder:
         try:
             return build()
         except Exception:
-            log.exception("an AuditEvent could not be built")
-            if self.fail_closed:
-                raise unavailable() from None
-            return []
+            return self._unbuilt()
+
+    def _unbuilt(self) -> list[AuditDraft]:
+        """In an `except` block: an event could not be built. Fail-closed refuses the
+        request (503); otherwise it goes on unrecorded (logged)."""
+        log.exception("an AuditEvent could not be built")
+        if self.fail_closed:
+            raise unavailable() from None
+        return []
 
     async def _store(self, req: FhirRequest, outer: _Scope | None, scope: _Scope,
                      events: list[AuditDraft], *, failed: bool) -> None:
