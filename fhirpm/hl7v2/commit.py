@@ -87,7 +87,9 @@ class Committer:
         must commit with the data: the message's audit record)."""
         for attempt in range(RETRIES):
             try:
-                return await self._once(mapped, written)
+                # a retry reads before every write (see _write: a content id a deletion
+                # left a tombstone for is refused at COMMIT when created, not updated)
+                return await self._once(mapped, written, careful=attempt > 0)
             except V2Error:
                 raise  # refused for what the message says: a retry cannot change that
             except FhirError as err:
@@ -97,7 +99,8 @@ class Committer:
                 raise
         raise AssertionError("unreachable")
 
-    async def _once(self, mapped: Mapped, written: Written | None) -> list[str]:
+    async def _once(self, mapped: Mapped, written: Written | None, *,
+                    careful: bool = False) -> list[str]:
         async with self.ix.repo.unit(None) as unit:
             found = await self._lookup(unit, mapped.resources)
             targets = {r.key: _Target(r, *found[r.key]) for r in mapped.resources}
@@ -122,7 +125,7 @@ class Committer:
                                                        resource=body, uow=unit))
             for t in targets.values():
                 if not _unchanged(t):
-                    await self._write(unit, t)
+                    await self._write(unit, t, careful)
             refs = [t.ref for t in targets.values()]
             if written is not None:
                 await written(unit, refs)
@@ -163,14 +166,20 @@ class Committer:
 
     # -- writes -----------------------------------------------------------------------
 
-    async def _write(self, unit: UnitOfWork, t: _Target) -> None:
+    async def _write(self, unit: UnitOfWork, t: _Target, careful: bool = False) -> None:
         """One write, dispatched like a transaction entry (`PUT Type/id`, or `POST Type`
         with the id assigned) inside the message's unit: whatever observes requests (the
         audit trail) sees it as it sees REST writes. The unit already read the current
-        version, so the update's own read costs no store trip."""
+        version, so the update's own read costs no store trip.
+
+        A content id the lookup did not find is created (`POST` with that id), not
+        updated: an update would read it first (a search does not return deleted
+        resources, so that read was a trip per new Location, RelatedPerson, Device...).
+        If a deletion left it a tombstone, the create is refused (at COMMIT on SQLite) and
+        the message is rebuilt `careful`: then it is updated (update-as-create)."""
         res, body = t.res, t.body or {}
-        if t.stored is not None or (res.identity is not None and res.identity.id is not None):
-            # found, or a content id (which may name a deleted one: update-as-create)
+        content_id = res.identity is not None and res.identity.id is not None
+        if t.stored is not None or (content_id and careful):
             req = FhirRequest("PUT", t.ref, self.base, resource={**body, "id": t.id}, uow=unit)
         else:
             req = FhirRequest("POST", res.type, self.base, resource=body, uow=unit,

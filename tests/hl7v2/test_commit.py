@@ -10,10 +10,11 @@ import pytest
 
 from fhirpm.hl7v2 import ack
 from fhirpm.hl7v2.inbound import Inbound
-from fhirpm.repository.interactions import Interactions
+from fhirpm.repository.interactions import FhirRequest, Interactions
 from fhirpm.search.query import Param, SearchQuery, TokenPred
 from fhirpm.storage.port import ResourceVersion, VersionConflict
 from fhirpm.storage.sqlite.store import SqliteResourceStore
+from tests.conftest import BASE
 from tests.hl7v2.samples import adt
 
 pytestmark = pytest.mark.usefixtures("conditional")
@@ -100,3 +101,20 @@ async def test_a40_naming_one_patient_twice_is_refused(inbound: Inbound) -> None
     outcome = await inbound.receive(merge.encode())
     assert ack.read(outcome.acks[0]).code == "AE"
     assert "same patient" in outcome.message.error
+
+
+async def test_a_content_id_a_deletion_left_a_tombstone_is_updated_not_created(
+        inbound: Inbound, ix: Interactions) -> None:
+    # A new content-id resource (the PV1 location) is created with its id, no read first;
+    # one deleted since has a tombstone, so that create is refused at commit and the
+    # message is rebuilt reading first: the location comes back as the next version.
+    first = await inbound.receive(adt("A04", "D1").encode())
+    assert ack.read(first.acks[0]).code == "AA"
+    (location,) = [r for r in first.resources if r.startswith("Location/")]
+    assert (await ix.repo.store.read(*location.split("/"))).version == 1
+    await ix.dispatch(FhirRequest("DELETE", location, BASE))
+    again = await inbound.receive(adt("A08", "D2").encode())
+    assert ack.read(again.acks[0]).code == "AA", again.message.error
+    assert location in again.resources
+    back = await ix.repo.store.read(*location.split("/"))
+    assert back.version == 3 and not back.deleted  # 1 created, 2 deleted, 3 written again
