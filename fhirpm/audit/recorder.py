@@ -164,10 +164,9 @@ class Recorder:
             outer = None
         if outer is None and req.uow is None and req.method in _READ_METHODS:
             parts = req.path.split("/")
-            if len(parts) in (2, 4) and all(parts):
-                interaction = _interaction(req.method, parts)
-                if interaction in ("read", "vread"):
-                    return await self._read(req, parts, interaction, inner)
+            interaction = _read_kind(parts)
+            if interaction is not None:
+                return await self._read(req, parts, interaction, inner)
         if outer is not None and not outer.nested:  # a handler's own sub-request: folded in
             response = await inner(req)
             if response.version is not None:
@@ -435,6 +434,27 @@ async def _backoff(attempt: int) -> None:
     await asyncio.sleep(random.uniform(0, 0.005 * 2 ** attempt))
 
 
+def _read_kind(parts: list[str]) -> str | None:
+    """"read" or "vread" when `parts` (of a GET or HEAD) have the shape `_interaction`
+    calls one, else None; tested equal to it (a shortcut: most requests are reads)."""
+    n = len(parts)
+    if n == 2:
+        kind = "read"
+    elif n == 4 and parts[2] == "_history" and _plain(parts[3]):
+        kind = "vread"
+    else:
+        return None
+    return kind if _plain(parts[0]) and _plain(parts[1]) else None
+
+
+def _plain(part: str) -> bool:
+    """A path segment `_shape` names T, I or V (a type, an id, a version)."""
+    return bool(part) and part[0] != "$" and part not in _SPECIAL
+
+
+_SPECIAL = frozenset({"_history", "_search", "metadata"})
+
+
 def _interaction(method: str, parts: list[str]) -> str | None:
     shape = _shape(parts)
     by_method = _SHAPES.get(shape)
@@ -448,7 +468,7 @@ def _shape(parts: list[str]) -> str:
     for n, part in enumerate(parts):
         if part.startswith("$"):
             out.append("$")
-        elif part in ("_history", "_search", "metadata"):
+        elif part in _SPECIAL:
             out.append(part)
         elif n == 0:
             out.append("T")

@@ -8,6 +8,7 @@ import pytest
 
 from fhirpm.audit import events as ev
 from fhirpm.audit import record as rec
+from fhirpm.audit.recorder import _interaction, _read_kind, _shape
 from fhirpm.storage.port import AuditEntry
 
 SERVER = ev.Server("https://fhir.example.org/fhir", site="Main St practice")
@@ -42,3 +43,19 @@ def test_a_read_is_recorded_as_the_general_builder_records_it(
         assert {k: v for k, v in event.items() if k not in ("id", "meta", "extension")} \
             == {k: v for k, v in expected.items() if k not in ("id", "meta", "extension")}
         assert f"{type_}/{id_}" in draft.refs
+
+
+def test_the_recorders_read_shortcut_agrees_with_its_general_routing() -> None:
+    """Every path of up to four segments drawn from the shapes that matter (other paths,
+    refused anyway, take the general way)."""
+    segments = ["Patient", "p1", "_history", "_search", "metadata", "$everything", "2", ""]
+    paths = [[a] for a in segments]
+    for _ in range(3):
+        paths += [[*p, s] for p in paths if len(p) < 4 for s in segments]
+    for parts in map(list, {tuple(p) for p in paths}):
+        given = [p for p in parts if p]
+        general, shortcut = _interaction("GET", given), _read_kind(parts)
+        if shortcut is not None:  # never a different interaction
+            assert shortcut == general and given == parts, parts
+        if _shape(given) in ("T/I", "T/I/_history/V") and given == parts:
+            assert shortcut == general, parts  # never misses a read or vread
