@@ -17,10 +17,12 @@ doing it in Python. `audit_indexed.upto` says how far the index reaches; a looku
 reference reads it up to there and scans the few entries after it (`listing`, `count`),
 so nothing is missed.
 
-The head (seq and hash of the newest entry ever appended) is one row of `audit_head`,
-read and moved inside the appending transaction (once per append, not per entry): the
-writer holds SQLite's write lock (BEGIN IMMEDIATE), so no other connection or process can
-take the same position, and a retention purge of every entry does not lose the chain's end.
+The head (seq and hash of the newest entry ever appended) is the log's last entry, or
+the `audit_head` row when that is newer: a purge stores the head there before it deletes,
+so purging every entry does not lose the chain's end. An append reads the head inside its
+transaction (once per append, not per entry) and does not write `audit_head` (a page less
+per group of reads): the writer holds SQLite's write lock (BEGIN IMMEDIATE), so no other
+connection or process can take the same position.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def get(c: sqlite3.Connection, seq: int) -> AuditEntry | None:
 
 def append(c: sqlite3.Connection, drafts: Sequence[AuditDraft], seal: Sealer) -> None:
     """Inside the caller's transaction: the drafts, sealed after the current head."""
-    last = c.execute("SELECT seq, hash FROM audit_head WHERE one = 1").fetchone()
+    last = c.execute(_HEAD).fetchone()
     seq, previous = last if last else (0, AUDIT_GENESIS)
     rows: list[tuple[Any, ...]] = []
     for draft in drafts:
@@ -98,7 +100,10 @@ def append(c: sqlite3.Connection, drafts: Sequence[AuditDraft], seal: Sealer) ->
                      previous, hash_))
         previous = hash_
     c.executemany("INSERT INTO audit_log VALUES (?,?,?,?,?,?)", rows)
-    _move_head(c, seq, previous)
+
+
+_HEAD = ("SELECT * FROM (SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1) "
+         "UNION ALL SELECT seq, hash FROM audit_head ORDER BY 1 DESC LIMIT 1")
 
 
 def index_pending(c: sqlite3.Connection, limit: int) -> int:
@@ -192,6 +197,9 @@ def _span(span: AuditSpan, source: str, where: list[str], args: list[Any],
 
 
 def purge(c: sqlite3.Connection, upto: int) -> int:
+    last = c.execute(_HEAD).fetchone()
+    if last is not None:
+        _move_head(c, *last)  # the chain's end, whatever goes
     gone = c.execute("SELECT seq, refs FROM audit_log WHERE seq <= ?", (upto,)).fetchall()
     # by key: audit_ref is ordered by (ref, seq), so deleting by seq alone would scan it
     c.executemany("DELETE FROM audit_ref WHERE ref = ? AND seq = ?",
