@@ -173,6 +173,7 @@ def _bulk(table: str, columns: int) -> str:
 # instead of one per row: the writer thread, which inserts a unit's batches while the event
 # loop goes on computing, releases and takes back the GIL once per table rather than once
 # per row (~13 rows per resource), each time waiting for the loop's thread to let go.
+_BULK_ROWS = 16  # fewer (a single write's few rows per table): executemany, as cheap
 _BULK = {"ix_string": _bulk("ix_string", 4), "ix_token": _bulk("ix_token", 5),
          "ix_reference": _bulk("ix_reference", 8), "ix_date": _bulk("ix_date", 4),
          "ix_uri": _bulk("ix_uri", 3)}
@@ -201,7 +202,7 @@ class Rows:
         grouped, self._grouped = self._grouped, {}
         for table, rows in grouped.items():
             bulk = _BULK.get(table)
-            if bulk is not None and len(rows) > 1:
+            if bulk is not None and len(rows) >= _BULK_ROWS:
                 text = orjson.dumps(rows)
                 if b"\\u0000" not in text:  # SQLite's JSON text would end at a NUL
                     conn.execute(bulk, (text,))
