@@ -348,7 +348,7 @@ class Recorder:
             interaction = _bundle_kind(response.body)
         elif version is not None:
             resources.append(_reference(version))
-            patients.extend(self._patients_of_version(version))
+            patients.extend(self._patients_of_version(version, response.entries))
         elif response.body is not None and interaction not in ("batch", "transaction"):
             patients.extend(self._patients_of_bundle(response.body))
         if interaction == "operation" or interaction.startswith("history-instance"):
@@ -377,11 +377,15 @@ class Recorder:
                            _operation(parts))
         return rec.rest(access, who, self.server, ev.Outcome(status, text), now_instant())
 
-    def _patients_of_version(self, version: Any) -> list[str]:
+    def _patients_of_version(self, version: Any, entries: Any = None) -> list[str]:
+        """The patients of a stored version; `entries`, its index entries when the write
+        that stored it has them at hand (no parse, no extraction: ~50 us per write)."""
         if version.type == "Patient":
             return [version.id]
         if not version.body or not patient_params(version.type):
             return []  # a deletion's patients: see _deleted_patients
+        if entries is not None:
+            return list(patients_of(version.type, version.id, entries))
         # a version never changes: reads of the same one (the common case) reuse the answer
         key = (version.type, version.id, version.version)
         found = self._patients_by_version.get(key)

@@ -23,6 +23,7 @@ from fhirpm.repository.service import (
     parse_etag,
     version_headers,
 )
+from fhirpm.search.values import IndexEntry
 from fhirpm.storage.port import ResourceVersion, UnitOfWork
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class FhirResponse:
     body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     version: ResourceVersion | None = None  # the version read or written, for bundle entries
+    entries: list[IndexEntry] | None = None  # a written version's index entries (audit)
 
 
 Handler = Callable[["Interactions", FhirRequest, list[str]], Awaitable[FhirResponse]]
@@ -273,12 +275,14 @@ def write_response(req: FhirRequest, result: WriteResult) -> FhirResponse:
     status = 201 if result.created else 200
     prefer = _prefer_return(req)
     if prefer == "minimal":
-        return FhirResponse(status, None, headers, v)
-    if prefer == "OperationOutcome":
+        body = None
+    elif prefer == "OperationOutcome":
         what = "created" if result.created else ("updated" if result.changed else "unchanged")
-        outcome = information_outcome(f"{v.type}/{v.id} {what} (version {v.version})")
-        return FhirResponse(status, jsonio.dumps(outcome), headers, v)
-    return FhirResponse(status, v.body, headers, v)
+        body = jsonio.dumps(information_outcome(
+            f"{v.type}/{v.id} {what} (version {v.version})"))
+    else:
+        body = v.body
+    return FhirResponse(status, body, headers, v, result.entries)
 
 
 def _prefer_return(req: FhirRequest) -> str:

@@ -22,6 +22,7 @@ from fhirpm.fhir.types import is_resource_type, is_valid_id
 from fhirpm.fhir.validation import Validator
 from fhirpm.search.extract import Indexer
 from fhirpm.search.registry import Registry
+from fhirpm.search.values import IndexEntry
 from fhirpm.storage.port import (
     HistoryQuery,
     ResourceStore,
@@ -60,6 +61,9 @@ class WriteResult:
     version: ResourceVersion
     created: bool  # a new resource (201) rather than a new version of one (200)
     changed: bool = True  # False when an update had identical content (no new version)
+    # the index entries `version` was stored with (None: not extracted by this write);
+    # the audit trail takes the written resource's patients from them
+    entries: list[IndexEntry] | None = None
 
 
 def now_instant() -> str:
@@ -234,8 +238,8 @@ class Repository:
             # the caller answers with what the unit will commit, not the first draft
             latest = await unit.current(type, id)
             if latest is not None and latest.version > version.version:
-                version = latest
-        return WriteResult(version, created=not live)
+                return WriteResult(latest, created=not live)
+        return WriteResult(version, created=not live, entries=entries)
 
     async def _checked(self, type: str, resource: dict[str, Any], stored: dict[str, Any],
                        body: bytes) -> list:
