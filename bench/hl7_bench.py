@@ -68,10 +68,14 @@ def small_messages(count: int) -> list[bytes]:
 
 
 def sample_messages(data: Path, count: int) -> list[bytes]:
-    """The samples made unique per copy: control id and the identifiers mapping keys on."""
+    """The samples made unique per copy: control id and the identifiers mapping keys on
+    (the patient's, its account's, visits', coverages', diagnoses' and procedures'), so
+    each copy is a new patient with its own records, as real traffic is; the practice's
+    staff, locations and payers stay shared."""
     # the A40 samples ask for no acknowledgement at all (MSH-15/16 NE): nothing to time
     files = [p.read_bytes() for p in sorted(data.glob("msft-*.hl7")) if "A40" not in p.name]
-    keys = (b"PATID1234", b"1234567^", b"40007716", b"36996", b"12345", b"HMO-12345")
+    keys = (b"PATID1234", b"1234567^", b"40007716", b"36996", b"12345", b"HMO-12345",
+            b"4000776^", b"DI20^", b"|PR1006|")
     out = []
     for n in range(count):
         raw = files[n % len(files)]
