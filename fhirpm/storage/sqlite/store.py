@@ -308,18 +308,21 @@ class SqliteResourceStore:
         done) when another connection holds the write lock."""
         conn = self._thread_connection(query_only=True)
         if conn is not self._loop_writable:
-            # Once, not around every group (5 statements, ~1 us per read): writable, never
-            # waiting for a lock (the loop must not block; reads in WAL mode take none),
-            # never checkpointing (the writer thread does).
-            for pragma in ("query_only=OFF", "busy_timeout=0", "wal_autocheckpoint=0"):
+            # Once, not around every group: writable, never checkpointing (the writer
+            # thread does). Its reads keep their busy timeout (they wait only while a
+            # crashed writer's WAL is recovered); the write lock is never waited for here.
+            for pragma in ("query_only=OFF", "wal_autocheckpoint=0"):
                 conn.execute(f"PRAGMA {pragma}")
             self._loop_writable = conn
+        conn.execute("PRAGMA busy_timeout=0")
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             if not _locked(exc):
                 raise
             return False
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
         _finish(conn, fn)
         return True
 
