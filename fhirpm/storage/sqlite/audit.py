@@ -131,8 +131,13 @@ def restore(c: sqlite3.Connection, entries: Sequence[AuditEntry]) -> None:
     c.executemany("INSERT INTO audit_log VALUES (?,?,?,?,?,?)",
                   [(e.seq, e.recorded, _refs_text(e.refs), e.payload, e.previous, e.hash)
                    for e in entries])
+    # indexed now, those before `audit_indexed.upto` directly and the log past it in bulk:
+    # left unindexed, a copied log would be scanned by every lookup until 2,000 new
+    # records started the indexer (OR IGNORE: the two overlap)
     c.executemany("INSERT OR IGNORE INTO audit_ref VALUES (?,?)",
                   [(ref, e.seq) for e in entries for ref in dict.fromkeys(e.refs)])
+    while index_pending(c, 50_000):
+        pass
     if entries:
         last = max(entries, key=lambda e: e.seq)
         known = c.execute("SELECT seq FROM audit_head WHERE one = 1").fetchone()
