@@ -150,3 +150,29 @@ async def test_a_log_from_before_the_deferred_index_is_migrated(tmp_path: Path) 
             assert [e.seq for e in await store.audit_list(AuditSpan(ref=ref))] == seqs
     finally:
         await store.close()
+
+
+async def test_records_left_unindexed_before_a_restart_count_after_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_store, "_AUDIT_INDEX_BATCH", 10)
+    rng = random.Random(5)
+    path = str(tmp_path / "restarted.db")
+    for first in (0, 4):  # two short-lived processes, 4 records each: 8 in all, below 10
+        store = SqliteResourceStore(path)
+        await store.open()
+        try:
+            await store.audit_commit(drafts(rng, first, 4), seal)
+            assert store._audit_indexing is None
+        finally:
+            await store.close()
+    store = SqliteResourceStore(path)
+    await store.open()
+    try:  # the third knows of the 8 left before it: its own 4 make 12, and it indexes
+        await store.audit_commit(drafts(rng, 8, 4), seal)
+        upkeep = store._audit_indexing
+        assert upkeep is not None
+        await upkeep
+        assert await store.audit_index() == 0
+        await check_every_span(store)
+    finally:
+        await store.close()

@@ -122,6 +122,12 @@ def index_pending(c: sqlite3.Connection, limit: int) -> int:
     return count
 
 
+def unindexed(c: sqlite3.Connection) -> int:
+    """How many entries lie past the reference index (a bound: purged seqs count too)."""
+    (last,) = c.execute("SELECT coalesce(max(seq), 0) FROM audit_log").fetchone()
+    return max(0, last - _indexed_upto(c))
+
+
 def _indexed_upto(c: sqlite3.Connection) -> int:
     row = c.execute("SELECT upto FROM audit_indexed WHERE one = 1").fetchone()
     return row[0] if row else 0

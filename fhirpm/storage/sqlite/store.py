@@ -115,6 +115,9 @@ class SqliteResourceStore:
         self._readers = ThreadPoolExecutor(self._readers_count,
                                            thread_name_prefix="fhirpm-sqlite-reader")
         await self._write(schema.migrate)
+        # the log's records no process has indexed yet (say, appended before a restart)
+        # count towards this process's next indexing, so restarts cannot let them pile up
+        self._audit_unindexed = await self._write(audit.unindexed)
 
     async def close(self) -> None:
         for pool in (self._writer, self._readers):
