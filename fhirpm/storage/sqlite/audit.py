@@ -114,7 +114,7 @@ def index_pending(c: sqlite3.Connection, limit: int) -> int:
                             "WHERE seq > ? ORDER BY seq LIMIT ?)", (upto, limit)).fetchone()
     if not count:
         return 0
-    # OR IGNORE: `restore` indexes its entries itself, and they may lie past `upto`
+    # OR IGNORE: a row already there (none is expected) must never fail a group of reads
     c.execute("INSERT OR IGNORE INTO audit_ref SELECT j.value, a.seq "
               "FROM audit_log a, json_each(a.refs) j WHERE a.seq > ? AND a.seq <= ? "
               "ORDER BY 1, 2", (upto, last))
@@ -139,9 +139,11 @@ def restore(c: sqlite3.Connection, entries: Sequence[AuditEntry]) -> None:
                    for e in entries])
     # indexed now, those before `audit_indexed.upto` directly and the log past it in bulk:
     # left unindexed, a copied log would be scanned by every lookup until 2,000 new
-    # records started the indexer (OR IGNORE: the two overlap)
+    # records started the indexer
+    upto = _indexed_upto(c)
     c.executemany("INSERT OR IGNORE INTO audit_ref VALUES (?,?)",
-                  [(ref, e.seq) for e in entries for ref in dict.fromkeys(e.refs)])
+                  [(ref, e.seq) for e in entries if e.seq <= upto
+                   for ref in dict.fromkeys(e.refs)])
     while index_pending(c, 50_000):
         pass
     if entries:

@@ -257,20 +257,17 @@ class SqliteResourceStore:
         When the log's reference index is due, the group brings it up to date in the
         same transaction (for the same reason: on another connection, the index's
         commit would empty the point-read cache)."""
-        self._audit_unindexed += len(drafts)
-        index = self._audit_unindexed >= _AUDIT_INDEX_BATCH and self._audit_indexing is None
+        index = self._upkeep_due(len(drafts))
 
         def append(c: sqlite3.Connection) -> None:
             audit.append(c, drafts, seal)
             if index:
-                audit.index_pending(c, _AUDIT_INDEX_BATCH * 4)
+                audit.index_pending(c, _AUDIT_INDEX_MOST)
         async with self._write_lock:  # this process's writer thread is between units
             if not self._on_loop_connection(append):
                 await self._write(lambda c: _transaction(c, append))
         if index:
-            self._audit_unindexed = 0
-            self._audit_indexing = asyncio.ensure_future(self._write(_checkpoint))
-            self._audit_indexing.add_done_callback(self._audit_indexed)
+            self._start_upkeep(self._write(_checkpoint))
 
     def _audit_appended(self, records: int) -> None:
         """Records appended by units of work: every `_AUDIT_INDEX_BATCH` records, on the
@@ -280,11 +277,20 @@ class SqliteResourceStore:
         Counted in records, not by the WAL's size: the file keeps its size after a
         checkpoint, so a size test checkpointed after every group once the WAL had grown
         (~12% of the CPU of reads)."""
+        if self._upkeep_due(records):
+            self._start_upkeep(self._audit_upkeep())
+
+    def _upkeep_due(self, records: int) -> bool:
+        """Count appended records; True, and the count starts again, when the index is due
+        and no upkeep is running."""
         self._audit_unindexed += records
         if self._audit_unindexed < _AUDIT_INDEX_BATCH or self._audit_indexing is not None:
-            return
+            return False
         self._audit_unindexed = 0
-        self._audit_indexing = asyncio.ensure_future(self._audit_upkeep())
+        return True
+
+    def _start_upkeep(self, work: Awaitable[Any]) -> None:
+        self._audit_indexing = asyncio.ensure_future(work)
         self._audit_indexing.add_done_callback(self._audit_indexed)
 
     async def _audit_upkeep(self) -> int:
@@ -301,7 +307,7 @@ class SqliteResourceStore:
         total = 0
         while True:
             done = await self._in_transaction(
-                lambda c: audit.index_pending(c, _AUDIT_INDEX_BATCH * 4))
+                lambda c: audit.index_pending(c, _AUDIT_INDEX_MOST))
             total += done
             if done == 0:
                 return total
@@ -515,6 +521,7 @@ _BUSY_MS = 30_000  # how long a statement waits for a lock another connection ho
 # checkpointed while only reads' records are written (~4 MB of WAL, ~1,000 pages: SQLite's
 # own autocheckpoint size)
 _AUDIT_INDEX_BATCH = 2_000
+_AUDIT_INDEX_MOST = 4 * _AUDIT_INDEX_BATCH  # records one indexing transaction takes on
 
 
 def _transaction[R](c: sqlite3.Connection, fn: Callable[[sqlite3.Connection], R]) -> R:
