@@ -57,7 +57,6 @@ Inner = Callable[["FhirRequest"], Awaitable["FhirResponse"]]
 Exchange = Callable[[], Any]
 
 _WRITES = {"create", "update", "patch", "delete"}
-_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _READ_METHODS = frozenset({"GET", "HEAD"})
 _BY_METHOD = {"GET": "read", "HEAD": "read", "POST": "create", "PUT": "update",
               "PATCH": "patch", "DELETE": "delete"}
