@@ -44,6 +44,7 @@ from fhirpm.audit.patients import patient_params, patients_of
 from fhirpm.audit.trail import TYPE, Trail
 from fhirpm.audit.trail import instant as now_instant
 from fhirpm.errors import Category, FhirError
+from fhirpm.repository.interactions import path_shape
 from fhirpm.storage.port import AuditDraft, StoreError, VersionConflict
 
 if TYPE_CHECKING:
@@ -438,52 +439,20 @@ async def _backoff(attempt: int) -> None:
 
 
 def _read_kind(parts: list[str]) -> str | None:
-    """"read" or "vread" when `parts` (of a GET or HEAD) have the shape `_interaction`
-    calls one, else None; tested equal to it (a shortcut: most requests are reads)."""
-    n = len(parts)
-    if n == 2:
-        kind = "read"
-    elif n == 4 and parts[2] == "_history" and _plain(parts[3]):
-        kind = "vread"
-    else:
-        return None
-    return kind if _plain(parts[0]) and _plain(parts[1]) else None
+    """"read" or "vread" when `parts` (of a GET or HEAD, no empty segment) have the shape
+    `_interaction` calls one, else None (a shortcut: most requests are reads)."""
+    return _READS.get(path_shape(parts)) if all(parts) else None
 
 
-def _plain(part: str) -> bool:
-    """A path segment `_shape` names T, I or V (a type, an id, a version)."""
-    return bool(part) and part[0] != "$" and part not in _SPECIAL
-
-
-_SPECIAL = frozenset({"_history", "_search", "metadata"})
+_READS = {"T/I": "read", "T/I/_history/V": "vread"}
 
 
 def _interaction(method: str, parts: list[str]) -> str | None:
-    shape = _shape(parts)
+    shape = path_shape(parts)
     by_method = _SHAPES.get(shape)
     if by_method is None or method not in by_method:
         return _BY_METHOD.get(method, "operation")  # refused anyway: still recorded
     return by_method[method]
-
-
-def _shape(parts: list[str]) -> str:
-    out: list[str] = []
-    for n, part in enumerate(parts):
-        if part.startswith("$"):
-            out.append("$")
-        elif part in _SPECIAL:
-            out.append(part)
-        elif n == 0:
-            out.append("T")
-        elif n == 1:
-            out.append("I")
-        elif n == 3 and out[2] == "_history":
-            out.append("V")
-        elif n == 2:
-            out.append("C")
-        else:
-            out.append("?")
-    return "/".join(out)
 
 
 def _reference(version: Any) -> str:

@@ -99,16 +99,16 @@ class Interactions:
 
     async def _dispatch(self, req: FhirRequest) -> FhirResponse:
         parts = [p for p in req.path.split("/") if p]
-        shape = _shape(parts)  # once per request: the access gate routes with it too
+        shape = path_shape(parts)  # once per request: the access gate routes with it too
         if req.principal is not None:  # every caller but a trusted internal one
             return await access.guarded(self, req, parts, shape)
         handler = self._route(req.method, parts, shape)
         return await handler(self, req, parts)
 
     def _route(self, method: str, parts: list[str], shape: str | None = None) -> Handler:
-        """The handler of `method` on `parts` (`shape`: `_shape(parts)`, if known)."""
+        """The handler of `method` on `parts` (`shape`: `path_shape(parts)`, if known)."""
         if shape is None:
-            shape = _shape(parts)
+            shape = path_shape(parts)
         allowed = _ROUTES.get(shape)
         if allowed is None:
             raise FhirError(Category.NOT_FOUND, f"No FHIR endpoint at /{'/'.join(parts)}")
@@ -124,7 +124,7 @@ class Interactions:
 _SPECIAL = frozenset({"_history", "_search", "metadata"})
 
 
-def _shape(parts: list[str]) -> str:
+def path_shape(parts: list[str]) -> str:
     """Classify a path: 'Patient/1/_history/2' -> 'T/I/_history/V'."""
     if not parts:
         return ""

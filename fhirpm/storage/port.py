@@ -67,8 +67,8 @@ class AuditDraft(NamedTuple):
 
     `payload` is what the hash chain seals (opaque to the store); `refs` are the references
     it names ("Patient/7", "Practitioner/2"), each once, kept beside it so the records
-    naming one can be found without reading payloads. Immutable tuples, not frozen dataclasses: every
-    read makes one, and a frozen dataclass costs ~1 us more to build."""
+    naming one can be found without reading payloads. Immutable tuples, not frozen
+    dataclasses: every read makes one, and a frozen dataclass costs ~1 us more to build."""
 
     recorded: str  # FHIR instant, fixed width
     refs: tuple[str, ...]

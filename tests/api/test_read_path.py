@@ -1,6 +1,6 @@
 """The read path's short cuts answer exactly what the general code does.
 
-`interactions._shape` classifies two-segment paths without its loop, `http_date` is
+`interactions.path_shape` classifies two-segment paths without its loop, `http_date` is
 remembered per instant and `FhirRequest` is a slotted frozen dataclass: each must keep the
 behaviour it had (the access gate and routing depend on the shape; immutability keeps a
 handler from swapping the principal of a request)."""
@@ -11,7 +11,8 @@ import dataclasses
 
 import pytest
 
-from fhirpm.repository.interactions import FhirRequest, _shape
+from fhirpm.repository.interactions import FhirRequest
+from fhirpm.repository.interactions import path_shape as _shape
 from fhirpm.repository.service import http_date
 
 # (path, shape) as the routing and access tables name them

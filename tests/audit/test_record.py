@@ -8,7 +8,8 @@ import pytest
 
 from fhirpm.audit import events as ev
 from fhirpm.audit import record as rec
-from fhirpm.audit.recorder import _interaction, _read_kind, _shape
+from fhirpm.audit.recorder import _interaction, _read_kind
+from fhirpm.repository.interactions import path_shape as _shape
 from fhirpm.storage.port import AuditEntry
 
 SERVER = ev.Server("https://fhir.example.org/fhir", site="Main St practice")
