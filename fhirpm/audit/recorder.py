@@ -42,9 +42,9 @@ from fhirpm.audit import record as rec
 from fhirpm.audit.batch import GroupCommit
 from fhirpm.audit.patients import patient_params, patients_of
 from fhirpm.audit.trail import TYPE, Trail
-from fhirpm.audit.trail import instant as now_instant
 from fhirpm.errors import Category, FhirError
 from fhirpm.repository.interactions import path_shape
+from fhirpm.repository.service import now_instant
 from fhirpm.storage.port import AuditDraft, StoreError, VersionConflict
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ import orjson
 
 from fhirpm.audit import events as ev
 from fhirpm.audit import record as rec
-from fhirpm.audit.trail import instant as now_instant
+from fhirpm.repository.service import now_instant
 
 if TYPE_CHECKING:
     from fhirpm.audit.recorder import Recorder

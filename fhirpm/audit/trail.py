@@ -17,10 +17,8 @@ apart from the records, so the chain goes on even after every record was purged.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -43,21 +41,6 @@ CHECKPOINT = "checkpoint"
 _CHUNK = 500
 event_id = record.event_id
 seq_of = record.seq_of
-
-
-_second: list[Any] = [-1, ""]  # the last whole second formatted, and its text
-
-
-def instant() -> str:
-    """Now as a fixed-width FHIR instant (the repository's format). Every read stamps
-    one: the date and time are formatted once per second, only the microseconds each
-    time (a third of datetime's isoformat)."""
-    micros = time.time_ns() // 1000
-    second, fraction = divmod(micros, 1_000_000)
-    if second != _second[0]:
-        _second[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _second[0] = second
-    return f"{_second[1]}.{fraction:06d}Z"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,8 @@ from fhirpm.audit import maintenance
 from fhirpm.audit.recorder import Recorder
 from fhirpm.audit.security import AuditHooks
 from fhirpm.audit.trail import Trail
-from fhirpm.audit.trail import instant as now_instant
 from fhirpm.audit.view import AuditView
+from fhirpm.repository.service import now_instant
 
 if TYPE_CHECKING:
     from fhirpm.config import AuditSettings, Settings
