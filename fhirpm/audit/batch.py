@@ -35,20 +35,21 @@ class GroupCommit:
         """Store `events`; returns once they are committed, raises if they could not be."""
         if not events:
             return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((events, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="audit-group-commit")
         # A cancelled request cancels only its own future: its events stay queued and are
         # written with the group (the flusher skips futures already done), so no shield.
-        await future
+        await self._queued(events)
 
     def enqueue(self, events: Sequence[Any]) -> asyncio.Future[None] | None:
         """Queue `events` without waiting (for callers that must not wait: see Recorder)."""
         if not events:
             return None
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future = self._queued(events)
         future.add_done_callback(_log_failure)
+        return future
+
+    def _queued(self, events: Sequence[Any]) -> asyncio.Future[None]:
+        """Queue `events` for the next group; the future settles when it is stored."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((events, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="audit-group-commit")
