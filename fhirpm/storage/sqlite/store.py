@@ -36,6 +36,7 @@ from fhirpm.storage.port import (
 )
 from fhirpm.storage.sqlite import audit, index, schema
 from fhirpm.storage.sqlite import search as sql_search
+from fhirpm.storage.sqlite.checkpoint import WAL_BOUND_PAGES, Checkpointer
 from fhirpm.storage.sqlite.reads import CurrentReads
 
 T = TypeVar("T")
@@ -61,8 +62,11 @@ def parse_sqlite_url(url: str) -> str:
 
 
 class SqliteResourceStore:
-    def __init__(self, path: str, *, readers: int = 4, synchronous: str = "NORMAL") -> None:
+    def __init__(self, path: str, *, readers: int = 4, synchronous: str = "NORMAL",
+                 wal_bound_pages: int = WAL_BOUND_PAGES) -> None:
         self.path = path
+        self._wal_bound_pages = wal_bound_pages
+        self._checkpointer: Checkpointer | None = None  # see checkpoint.py
         self._synchronous = synchronous
         self._readers_count = readers
         self._local = threading.local()
@@ -98,6 +102,8 @@ class SqliteResourceStore:
         conn.execute("PRAGMA temp_store=MEMORY")
         if query_only:
             conn.execute("PRAGMA query_only=ON")
+        else:  # the writer: commits checkpoint only past the bound (checkpoint.py)
+            conn.execute(f"PRAGMA wal_autocheckpoint={self._wal_bound_pages}")
         with self._connections_lock:
             self._all_connections.append(conn)
         return conn
@@ -118,8 +124,13 @@ class SqliteResourceStore:
         # the log's records no process has indexed yet (say, appended before a restart)
         # count towards this process's next indexing, so restarts cannot let them pile up
         self._audit_unindexed = await self._write(audit.unindexed)
+        self._checkpointer = Checkpointer(self.path)
+        self._checkpointer.start()
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         for pool in (self._writer, self._readers):
             if pool is not None:
                 pool.shutdown(wait=True)
@@ -164,6 +175,8 @@ class SqliteResourceStore:
                 # still in flight even if this task is being cancelled.
                 await asyncio.shield(self._write(_rollback))
                 raise
+            if self._checkpointer is not None:
+                self._checkpointer.poke()
             for listener in self._commit_listeners:
                 listener()
             if unit._audit:
