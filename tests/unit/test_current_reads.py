@@ -1,13 +1,15 @@
-"""SQLite point reads remembered per connection until anything commits
+"""SQLite point reads remembered per connection until a resource changes
 (fhirpm.storage.sqlite.reads): a request never gets a version older than the last commit
-made before it arrived."""
+made before it arrived; commits that change no resource (the audit trail's, documents)
+leave what is remembered alone."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
+from fhirpm.audit.chain import digest
+from fhirpm.storage.port import AuditDraft
 from fhirpm.storage.sqlite import SqliteResourceStore
 from tests.contract.stores import version
 
@@ -43,16 +45,47 @@ async def test_a_commit_by_another_connection_is_seen(tmp_path: Path) -> None:
     await store.open()
     try:
         await put(store, version("Patient", "p", 1), 0)
-        assert (await store.read("Patient", "p")).body.endswith(b'"}}')
-        other = sqlite3.connect(path, isolation_level=None)
-        try:
-            other.execute("UPDATE history SET body = ? WHERE type = 'Patient' AND id = 'p'",
-                          (b'{"changed":true}',))
-        finally:
-            other.close()
+        assert (await store.read("Patient", "p")).version == 1
+        await put_elsewhere(path, version("Patient", "p", 2), 1)
         await asyncio.sleep(0)  # a request arriving after that commit: the next loop turn
-        assert (await store.read("Patient", "p")).body == b'{"changed":true}'
+        assert (await store.read("Patient", "p")).version == 2
     finally:
+        await store.close()
+
+
+async def put_elsewhere(path: Path, v, expected: int) -> None:
+    """`v` stored by another store on the same file (another process, the CLI loader)."""
+    other = SqliteResourceStore(str(path))
+    await other.open()
+    try:
+        await put(other, v, expected)
+    finally:
+        await other.close()
+
+
+async def test_commits_that_change_no_resource_keep_what_is_remembered(tmp_path: Path
+                                                                       ) -> None:
+    """Another connection's commits of audit records and documents (the audit sealer, the
+    authorization server) leave remembered reads alone; an expunge does not."""
+    path = tmp_path / "r.db"
+    store = SqliteResourceStore(str(path))
+    await store.open()
+    other = SqliteResourceStore(str(path))
+    await other.open()
+    try:
+        await put(store, version("Patient", "p", 1), 0)
+        first = await store.read("Patient", "p")
+        async with other.unit_of_work() as unit:
+            await unit.audit_append([AuditDraft("2024-01-01T00:00:00Z", ("Patient/p",),
+                                                b'["x"]')], digest)
+            await unit.doc_put("tests", "k", b"{}")
+        await asyncio.sleep(0)
+        assert await store.read("Patient", "p") is first  # still remembered
+        await other.expunge("Patient", ["p"])
+        await asyncio.sleep(0)
+        assert await store.read("Patient", "p") is None
+    finally:
+        await other.close()
         await store.close()
 
 
@@ -94,17 +127,12 @@ def test_a_look_does_not_outlive_its_event_loop(tmp_path: Path) -> None:
         assert reading.done() and store._local.reads._looked_on is loop  # still standing
     finally:
         loop.close()
-    other = sqlite3.connect(path, isolation_level=None)
-    try:
-        other.execute("UPDATE history SET body = ? WHERE type = 'Patient' AND id = 'p'",
-                      (b'{"changed":true}',))
-    finally:
-        other.close()
+    asyncio.run(put_elsewhere(path, version("Patient", "p", 2), 1))
 
-    async def read_then_close() -> bytes:
+    async def read_then_close() -> int:
         try:
-            return (await store.read("Patient", "p")).body
+            return (await store.read("Patient", "p")).version
         finally:
             await store.close()
 
-    assert asyncio.run(read_then_close()) == b'{"changed":true}'
+    assert asyncio.run(read_then_close()) == 2

@@ -4,9 +4,12 @@ database does not change.
 A read by id is the commonest request, and most reads find what an earlier read found. So
 the event loop's connection keeps the current versions it read, keyed by (type, id), and
 asks SQLite whether anything was committed since: `PRAGMA data_version` changes whenever
-another connection (this process's writer, another process, the CLI loader) commits, and
-any change forgets everything remembered. (The connection's own commits, the audit groups
-of reads, do not change it; they touch no resource.)
+another connection (this process's writer, another process, the CLI loader) commits. Not
+every commit changes a resource (the audit trail's records, documents, cursors), so when
+it has changed the connection also reads the resources' generation, the `history` table's
+AUTOINCREMENT counter, which every stored version moves (and an expunge too: store.py),
+and forgets everything remembered only when that moved. (The connection's own commits do
+not change `data_version`.)
 
 It asks once per turn of the event loop, at the turn's first read; the answer holds until
 the next turn (a `call_soon`). That is still linearizable: a request served in this turn
@@ -42,7 +45,8 @@ class CurrentReads:
         self.conn = conn
         self.query = query
         self.limit = limit
-        self._seen = -1  # data_version when `_versions` was filled
+        self._seen = -1  # data_version when last looked
+        self._generation = -1  # the resources' generation `_versions` belong to
         self._versions: dict[tuple[str, str], ResourceVersion] = {}
         # the loop whose current turn `_seen` is good for (None: look before reading); a
         # loop stopped before its next turn cannot leave a look standing for another loop
@@ -68,10 +72,23 @@ class CurrentReads:
         next turn of the event loop (module doc)."""
         stamp = self.conn.execute("PRAGMA data_version").fetchone()[0]
         if stamp != self._seen:
-            self._versions.clear()
             self._seen = stamp
+            # read after data_version: a version committed in between is seen here
+            generation = resource_generation(self.conn)
+            if generation != self._generation:
+                self._versions.clear()
+                self._generation = generation
         self._looked_on = loop
         loop.call_soon(self._expire)
 
     def _expire(self) -> None:
         self._looked_on = None
+
+
+def resource_generation(conn: sqlite3.Connection) -> int:
+    """A number that changes whenever a resource version is stored or expunged."""
+    row = conn.execute(_GENERATION).fetchone()
+    return row[0] if row else 0
+
+
+_GENERATION = "SELECT seq FROM sqlite_sequence WHERE name = 'history'"

@@ -252,6 +252,9 @@ class SqliteResourceStore:
                     c.execute("DELETE FROM resources WHERE rid = ?", (row[0],))
                 c.execute("DELETE FROM history WHERE type = ? AND id = ?", (type, id))
                 c.execute("DELETE FROM unique_keys WHERE type = ? AND id = ?", (type, id))
+            # moves the resources' generation (reads.py), which only new versions move
+            # otherwise: remembered point reads of an expunged resource are dropped
+            c.execute("UPDATE sqlite_sequence SET seq = seq + 1 WHERE name = 'history'")
             return found
         return await self._in_transaction(run)
 
