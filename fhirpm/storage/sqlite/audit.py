@@ -99,7 +99,24 @@ def append(c: sqlite3.Connection, drafts: Sequence[AuditDraft], seal: Sealer) ->
         rows.append((seq, draft.recorded, orjson.dumps(draft.refs).decode(), draft.payload,
                      previous, hash_))
         previous = hash_
-    c.executemany("INSERT INTO audit_log VALUES (?,?,?,?,?,?)", rows)
+    insert_rows(c, rows)
+
+
+def insert_rows(c: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Rows into `audit_log`, up to 64 per statement. Each statement releases Python's
+    lock once while SQLite works: one `executemany` step per row made a thread sealing a
+    journal's thousand records take the lock back from the event loop a thousand times,
+    each wait up to a switch interval (docs/performance.md)."""
+    start = 0
+    for size in _CHUNKS:
+        while len(rows) - start >= size:
+            c.execute(_INSERTS[size], [v for row in rows[start:start + size] for v in row])
+            start += size
+
+
+_CHUNKS = (64, 16, 4, 1)
+_INSERTS = {n: "INSERT INTO audit_log VALUES " + ",".join(["(?,?,?,?,?,?)"] * n)
+            for n in _CHUNKS}
 
 
 _HEAD = ("SELECT * FROM (SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1) "
@@ -134,9 +151,8 @@ def _indexed_upto(c: sqlite3.Connection) -> int:
 
 
 def restore(c: sqlite3.Connection, entries: Sequence[AuditEntry]) -> None:
-    c.executemany("INSERT INTO audit_log VALUES (?,?,?,?,?,?)",
-                  [(e.seq, e.recorded, _refs_text(e.refs), e.payload, e.previous, e.hash)
-                   for e in entries])
+    insert_rows(c, [(e.seq, e.recorded, _refs_text(e.refs), e.payload, e.previous, e.hash)
+                    for e in entries])
     # indexed now, those before `audit_indexed.upto` directly and the log past it in bulk:
     # left unindexed, a copied log would be scanned by every lookup until 2,000 new
     # records started the indexer
