@@ -67,6 +67,35 @@ def read(interaction: str, type: str, id: str, version: int, patients: list[str]
             for patient in (list(dict.fromkeys(patients)) if patients else [None])]
 
 
+def read_payloads(interaction: str, type: str, id: str, version: int, patients: list[str],
+                  query: str, status: int, who: ev.Who, server: ev.Server,
+                  recorded: str) -> list[bytes]:
+    """The payloads of `read`'s drafts, and only them: what a journal keeps (`draft_of`
+    makes the drafts again). The commonest record, so made with the least work."""
+    resources = [f"{type}/{id}/_history/{version}"]
+    return [orjson.dumps([_REST, recorded, interaction, resources, patient, query, None,
+                          status, None, who.client_id, who.user, who.fhir_user,
+                          who.address, who.request_id, server.base_url, server.name,
+                          server.site])
+            for patient in (list(dict.fromkeys(patients)) if patients else [None])]
+
+
+def draft_of(payload: bytes) -> AuditDraft:
+    """The draft whose payload `payload` is: its recorded instant and references, read
+    back from the facts (the layout `_draft` writes) or the whole AuditEvent (`whole`)."""
+    if payload[:1] == b"{":
+        return whole(jsonio.loads(payload), payload)
+    facts = orjson.loads(payload)
+    if not facts or facts[0] != _REST:
+        raise ValueError(f"unknown audit record format {facts[:1]!r}")
+    named = [_unversioned(r) for r in facts[3]]
+    if facts[11]:
+        named.append(facts[11])
+    if facts[4] is not None:
+        named.append(f"Patient/{facts[4]}")
+    return AuditDraft(facts[1], tuple(dict.fromkeys(named)), payload)
+
+
 def _draft(recorded: str, interaction: str, resources: list[str], refs: list[str],
            patient: str | None, query: str | None, operation: str | None, status: int,
            description: str | None, who: ev.Who, server: ev.Server) -> AuditDraft:
@@ -82,8 +111,9 @@ def _draft(recorded: str, interaction: str, resources: list[str], refs: list[str
     return AuditDraft(recorded, tuple(dict.fromkeys(named)), orjson.dumps(facts))
 
 
-def whole(event: dict[str, Any]) -> AuditDraft:
-    """A complete AuditEvent (logins, tokens, HL7 v2 ...) as a draft."""
+def whole(event: dict[str, Any], payload: bytes | None = None) -> AuditDraft:
+    """A complete AuditEvent (logins, tokens, HL7 v2 ...) as a draft (`payload`: its
+    canonical form, when already made)."""
     refs: list[str] = []
     for agent in event.get("agent") or ():
         ref = (agent.get("who") or {}).get("reference") if isinstance(agent, dict) else None
@@ -94,7 +124,7 @@ def whole(event: dict[str, Any]) -> AuditDraft:
         if isinstance(ref, str):
             refs.append(_unversioned(ref))
     return AuditDraft(str(event.get("recorded", "")), tuple(dict.fromkeys(refs)),
-                      canonical(event))
+                      canonical(event) if payload is None else payload)
 
 
 def _unversioned(reference: str) -> str:

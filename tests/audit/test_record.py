@@ -44,6 +44,18 @@ def test_a_read_is_recorded_as_the_general_builder_records_it(
         assert {k: v for k, v in event.items() if k not in ("id", "meta", "extension")} \
             == {k: v for k, v in expected.items() if k not in ("id", "meta", "extension")}
         assert f"{type_}/{id_}" in draft.refs
+    # what a journal keeps of them: their payloads, from which the drafts come back whole
+    payloads = rec.read_payloads(interaction, type_, id_, version, patients, query, 200,
+                                 who, SERVER, WHEN)
+    assert payloads == [d.payload for d in short]
+    assert [rec.draft_of(p) for p in payloads] == short
+
+
+def test_a_whole_event_comes_back_from_its_payload() -> None:
+    """Logins, tokens, HL7 v2 messages: stored whole, read back with their references."""
+    event = ev.trail_event("purge", STAFF, SERVER, ev.Outcome(200), WHEN, description="x")
+    draft = rec.whole(event)
+    assert rec.draft_of(draft.payload) == draft
 
 
 def test_the_recorders_read_shortcut_agrees_with_its_general_routing() -> None:
