@@ -4,10 +4,11 @@ Two fhirpm servers as deployed (authorization on, a staff bearer token), identic
 FHIRPM_AUDIT__ENABLED, each on its own SQLite file seeded with the same Patients, are
 measured with `GET /fhir/Patient/{id}` in alternating slices (bench.read_bench's machinery:
 same client, same connections, ABBA order, server CPU from /proc). With auditing on, every
-read's AuditEvent is sealed into the hash chain and committed (group commit) before the
-response goes out. Prints both servers' throughput, latency and CPU per request and the
-medians of the per-slice ratios on/off (target: >= 0.8), then the same reads called
-in-process (no HTTP), where the audit trail's share of a read shows most plainly.
+read's record is made durable in the audit journal before the response goes out, and the
+sealer process `fhirpm serve` starts seals it into the hash chain (fhirpm.audit.journal).
+Prints both servers' throughput, latency and CPU per request and the medians of the
+per-slice ratios on/off (target: >= 0.8), then the same reads called in-process (no HTTP,
+no sealer process: the app seals its journal itself).
 """
 
 from __future__ import annotations
@@ -85,5 +86,6 @@ def in_process(work: Path, ids: list[str]) -> None:
     logging.getLogger("fhirpm").setLevel(logging.ERROR)  # the auth-disabled warning
     on = asyncio.run(measure(work / "audit-on.db", True))
     off = asyncio.run(measure(work / "audit-off.db", False))
-    print(f"  in-process (ASGI, one request at a time, CPU us/req): audit on {on * 1e6:,.0f}, "
-          f"off {off * 1e6:,.0f} (ratio off/on {off / on:.2f})")
+    print(f"  in-process (ASGI, one request at a time, CPU us/req; no sealer process, so the "
+          f"app seals its journal itself): audit on {on * 1e6:,.0f}, off {off * 1e6:,.0f} "
+          f"(ratio off/on {off / on:.2f})")

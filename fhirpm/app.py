@@ -75,6 +75,8 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
     from fhirpm import scheduling
 
     scheduling.install(interactions, jobs, settings)  # $find/$hold/$book, slots, visits
+    from fhirpm.audit import wiring as audit_wiring
+
     hl7 = None
     if settings.hl7.enabled:  # the MLLP listener and the v2 outbox (fhirpm.hl7v2)
         from fhirpm.hl7v2.bridge import Bridge
@@ -84,6 +86,7 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.open()
+        await audit_wiring.start(interactions)  # the audit journal (fhirpm.audit.journal)
         log.info("fhirpm ready", extra={"base_url": settings.fhir_base,
                                          "store": settings.store_url})
         if hl7 is not None:
@@ -98,6 +101,7 @@ def create_app(settings: Settings | None = None, store: ResourceStore | None = N
             await changes.stop()
             if hl7 is not None:
                 await hl7.stop()
+            await audit_wiring.stop(interactions)
             await store.close()
             from fhirpm.repository import prepare  # large transactions' worker processes
 

@@ -50,8 +50,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"fhirpm FHIR R4 server: {settings.fhir_base}", flush=True)
     print(f"data: {store_where}", flush=True)
     app = create_app(settings)
-    uvicorn.run(app, **serving.uvicorn_options(settings))  # TLS, graceful shutdown
+    sealer = _audit_sealer(app, settings)
+    try:
+        uvicorn.run(app, **serving.uvicorn_options(settings))  # TLS, graceful shutdown
+    finally:
+        if sealer is not None:
+            from fhirpm.audit import sealer as audit_sealer
+
+            audit_sealer.stop(sealer)
     return 0
+
+
+def _audit_sealer(app: Any, settings: Any) -> Any:
+    """The process that seals the audit journal into the chain (fhirpm.audit.sealer), when
+    the server keeps one."""
+    observer = app.state.interactions.observer
+    if getattr(getattr(observer, "trail", None), "journal", None) is None:
+        return None
+    from fhirpm.audit import sealer
+
+    return sealer.start(settings)
 
 
 def cmd_load(args: argparse.Namespace) -> int:

@@ -96,6 +96,11 @@ class AuditSettings(BaseModel):
     hmac_key: str | None = None  # seals the chain with HMAC-SHA-256 (keep it off the DB host)
     site: str | None = None  # AuditEvent.source.site, e.g. the practice's name
     batch_max: int = Field(500, ge=1)  # most read events committed together
+    # requests' records made durable in a journal file, sealed into the chain in bulk
+    # (fhirpm.audit.journal); off: each group of records is committed to the store
+    journal: bool = True
+    journal_dir: str | None = None  # default: beside a SQLite store's file; MongoDB: none
+    journal_sync: bool = False  # fdatasync every append (survives power loss, slower)
 
 
 # -- HL7 v2 bridge (fhirpm.hl7v2): FHIRPM_HL7__<NAME>, nested values as JSON ----------------

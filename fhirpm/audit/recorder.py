@@ -9,8 +9,10 @@ Where an event is stored:
 - a write (create, update, patch, delete, conditional ones too) runs in a unit of work the
   recorder opens (or the caller's: a transaction or batch group), and its events are put
   into that same unit: the write and its record commit together or not at all;
-- reads, searches, histories, operations and every failure are stored by group commit
-  (`batch.GroupCommit`): the answer waits until its events are committed. Events of bundle
+- reads, searches, histories, operations and every failure are made durable before the
+  answer: appended to the journal (`journal.Journal`, the server's default), from where
+  they are sealed into the chain in bulk, or else stored by group commit
+  (`batch.GroupCommit`), the answer waiting until its events are committed. Events of bundle
   entries and of requests nested in another (deferred) are committed together when the
   outermost request ends; a failed write's event goes there too, since its unit rolled back.
 
@@ -133,7 +135,11 @@ class Recorder:
 
     async def _submit(self, events: list[AuditDraft]) -> None:
         try:
-            await self.batch.submit(events)
+            journal = self.trail.journal
+            if journal is not None:  # durable on return (fhirpm.audit.journal)
+                journal.append([event.payload for event in events])
+            else:
+                await self.batch.submit(events)
         except Exception as exc:
             self._not_stored(exc)
 
@@ -214,6 +220,21 @@ class Recorder:
             await self._failed(req, parts, interaction, self._request_who(req, None), exc)
             raise
         version = response.version
+        journal = self.trail.journal
+        if version is not None and journal is not None:
+            try:  # the commonest record: its payload alone, into the journal
+                payloads = rec.read_payloads(
+                    interaction, version.type, version.id, version.version,
+                    self._patients_of_version(version), _query(req, parts), response.status,
+                    self._request_who(req, None), self.server, now_instant())
+            except Exception:
+                self._unbuilt()
+                return response
+            try:
+                journal.append(payloads)
+            except Exception as exc:
+                self._not_stored(exc)
+            return response
         try:
             if version is None:  # not a resource's version (a handler's own answer)
                 drafts = self._events(req, parts, interaction,
@@ -226,10 +247,7 @@ class Recorder:
                                   self.server, now_instant())
         except Exception:
             drafts = self._unbuilt()
-        try:
-            await self.batch.submit(drafts)
-        except Exception as exc:
-            self._not_stored(exc)
+        await self._submit(drafts)
         return response
 
     async def _failed(self, req: FhirRequest, parts: list[str], interaction: str,
@@ -322,7 +340,10 @@ class Recorder:
             # The caller holds a unit of work: a group commit cannot be waited for inside
             # it (on SQLite the group would wait for that unit's lock). Successes commit
             # with the caller's unit; failures (whose unit will roll back) as soon as can be.
-            if failed:
+            if failed and self.trail.journal is not None:
+                with contextlib.suppress(FhirError):  # logged; the request fails anyway
+                    await self._submit(events)
+            elif failed:
                 self.batch.enqueue(events)
             else:
                 await self.trail.append(req.uow, events)

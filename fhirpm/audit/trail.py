@@ -9,6 +9,11 @@ transaction sees it, so several processes (API nodes, the HL7 listener, the CLI)
 one chain without coordinating: on SQLite the writer holds the database's write lock; on
 MongoDB two appenders conflict on the head document and one is replayed after the other.
 
+With a journal (`fhirpm.audit.journal`, the server's default on SQLite), requests' records
+are made durable there first and sealed into the chain moments later; every read of the
+trail through this class (and the API's, `AuditView`) settles the journal first, so it
+sees every record this process made.
+
 Retention removes a prefix of the chain; before it does, it records the last purged
 record's (seq, hash) as the checkpoint (a store Document), which is where verification
 starts from. The store keeps the head (seq and hash of the newest record ever appended)
@@ -26,6 +31,7 @@ import orjson
 
 from fhirpm.audit import chain, record
 from fhirpm.audit.chain import Anchor
+from fhirpm.audit.journal import Journal
 from fhirpm.storage.port import (
     AuditDraft,
     AuditEntry,
@@ -60,6 +66,12 @@ class Trail:
         # (payload, seq, previous) -> hash, called once per record: without a key the
         # chain's digest itself, one call fewer
         self.seal: Sealer = chain.digest if key is None else partial(chain.digest, key=key)
+        self.journal: Journal | None = None  # set by the wiring: see the module doc
+
+    async def settle(self) -> None:
+        """Seal what the journal holds into the chain (reads of the trail start here)."""
+        if self.journal is not None:
+            await self.journal.settle()
 
     async def commit(self, drafts: Sequence[AuditDraft]) -> None:
         """Store `drafts` now, in a transaction of their own."""
@@ -73,6 +85,7 @@ class Trail:
     # -- reading ------------------------------------------------------------------------
 
     async def checkpoint(self) -> Checkpoint:
+        await self.settle()
         doc = await self.store.doc_get(DOCS, CHECKPOINT)
         if doc is None:
             return Checkpoint(Anchor())
@@ -81,6 +94,7 @@ class Trail:
 
     async def head(self) -> Anchor:
         """The newest record (the checkpoint when the log is empty)."""
+        await self.settle()
         newest = await self.store.audit_head()
         if newest is not None:
             return Anchor(newest.seq, newest.hash)
@@ -90,6 +104,7 @@ class Trail:
                       until: str | None = None) -> AsyncIterator[AuditEntry]:
         """Stored records in chain order from seq `after + 1` (gaps are not filled in:
         verification reports them)."""
+        await self.settle()
         while True:
             batch = await self.store.audit_list(AuditSpan(after=after, since=since,
                                                           until=until, limit=_CHUNK))

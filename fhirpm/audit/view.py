@@ -25,7 +25,7 @@ compartment's `*`) leave AuditEvents out: the trail is searched on its own.
 from __future__ import annotations
 
 import heapq
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -76,6 +76,8 @@ class AuditView:
     def __init__(self, store: ResourceStore, indexer: Any) -> None:
         self.inner = store
         self._index = AuditIndexer(indexer)
+        # seals journaled records into the log before the log is read (Trail.settle)
+        self.settle: Callable[[], Awaitable[None]] = _nothing_to_settle
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -89,6 +91,7 @@ class AuditView:
         if type != TYPE:
             return await self.inner.read(type, id)
         seq = record.seq_of(id)
+        await self.settle()
         entry = await self.inner.audit_get(seq) if seq is not None else None
         return _version(entry) if entry is not None else None
 
@@ -103,6 +106,7 @@ class AuditView:
         if query.id is not None:
             found = await self.read(TYPE, query.id)
             return [found] if found is not None and _in_history(found, query) else []
+        await self.settle()
         entries = await self.inner.audit_list(AuditSpan(
             since=query.since, until=query.at, before=query.before_seq, descending=True,
             limit=query.count))
@@ -113,6 +117,7 @@ class AuditView:
             return await self.inner.history_count(query)
         if query.id is not None:
             return len(await self.history(query))
+        await self.settle()
         return await self.inner.audit_count(AuditSpan(since=query.since, until=query.at))
 
     # -- search ---------------------------------------------------------------------------
@@ -130,6 +135,7 @@ class AuditView:
 
     async def _search(self, query: SearchQuery) -> SearchResult:
         _check(query)
+        await self.settle()
         descending = bool(query.sort) and query.sort[0].descending
         position = _position(query.cursor, descending)
         matches: list[ResourceVersion] = []
@@ -236,6 +242,10 @@ class AuditView:
             if found is not None and not found.deleted:
                 out.append(found)
         return out
+
+
+async def _nothing_to_settle() -> None:
+    return None
 
 
 def _version(entry: AuditEntry, body: dict[str, Any] | None = None) -> ResourceVersion:

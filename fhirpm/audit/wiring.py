@@ -3,7 +3,8 @@
 `install(interactions, settings)` puts the Recorder in front of `Interactions.dispatch`
 (every Interactions the app or the CLI builds records its requests); `connect(...)` gives
 it what only the running app has: the current HTTP exchange (request id, client address),
-the periodic retention job and the authorization server's hooks.
+the periodic retention job, the authorization server's hooks and the journal, which
+`start` opens (sealing the journals of processes that died) and `stop` empties.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fhirpm.audit import events as ev
-from fhirpm.audit import maintenance
+from fhirpm.audit import maintenance, record
+from fhirpm.audit.journal import Journal
 from fhirpm.audit.recorder import Recorder
 from fhirpm.audit.security import AuditHooks
 from fhirpm.audit.trail import Trail
@@ -41,11 +43,14 @@ def install(interactions: Interactions, settings: Settings) -> Recorder | None:
     dispatches (None when the trail is off)."""
     repo = interactions.repo
     store = repo.store
-    repo.store = AuditView(store, repo.indexer)  # type: ignore[assignment]
+    view = AuditView(store, repo.indexer)
+    repo.store = view  # type: ignore[assignment]
     conf = settings.audit
     if not conf.enabled:
         return None
-    recorder = Recorder(trail_for(store, conf),
+    trail = trail_for(store, conf)
+    view.settle = trail.settle
+    recorder = Recorder(trail,
                         ev.Server(settings.fhir_base, site=conf.site), repo.indexer,
                         fail_closed=conf.fail_closed, batch_max=conf.batch_max)
     recorder.hooks = AuditHooks(recorder)
@@ -74,6 +79,10 @@ def connect(interactions: Interactions, settings: Settings, *, jobs: Jobs,
         recorder.batch.on_commit = committed
     if exchange is not None:
         recorder.exchange = exchange
+    directory = journal_dir(recorder.trail.store, settings.audit)
+    if directory is not None:
+        recorder.trail.journal = Journal(directory, recorder.trail.store, recorder.trail.seal,
+                                         record.draft_of, sync=settings.audit.journal_sync)
     if auth is not None:
         auth.audit = recorder.hooks
     if settings.audit.retention_days > 0:
@@ -82,6 +91,34 @@ def connect(interactions: Interactions, settings: Settings, *, jobs: Jobs,
         async def retention() -> None:
             await purge_now(recorder, days)
         jobs.every(RETENTION_JOB, settings.audit.purge_interval_seconds, retention)
+
+
+def journal_dir(store: ResourceStore, conf: AuditSettings) -> str | None:
+    """Where this process journals records: the setting, else beside a SQLite file (a
+    MongoDB deployment's API nodes have no shared disk: no journal unless one is set)."""
+    if not conf.journal:
+        return None
+    if conf.journal_dir:
+        return conf.journal_dir
+    path = getattr(store, "path", None)
+    if isinstance(path, str) and path and path != ":memory:" and not path.startswith("file:"):
+        return f"{path}-audit-journal"
+    return None
+
+
+async def start(interactions: Interactions) -> None:
+    """At startup, after the store opened: this process's journal, once the journals of
+    processes that stopped without emptying theirs are sealed into the chain."""
+    recorder = interactions.observer
+    if isinstance(recorder, Recorder) and recorder.trail.journal is not None:
+        await recorder.trail.journal.open()
+
+
+async def stop(interactions: Interactions) -> None:
+    """At shutdown, before the store closes: everything journaled sealed into the chain."""
+    recorder = interactions.observer
+    if isinstance(recorder, Recorder) and recorder.trail.journal is not None:
+        await recorder.trail.journal.close()
 
 
 async def purge_now(recorder: Recorder, retention_days: int) -> maintenance.Purged:

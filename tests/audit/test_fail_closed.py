@@ -1,5 +1,7 @@
 """A request whose AuditEvent cannot be stored fails (503), and a write then leaves nothing
-behind; with fail_closed off, reads answer anyway. Group commit: many reads, few units."""
+behind; with fail_closed off, reads answer anyway. Group commit: many reads, few units.
+Reads' records go to the store by group commit with the journal off, and to the journal
+with it on (the server's default): each way, a failed audit write fails the request."""
 
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ class _Refusing:
 
 @asynccontextmanager
 async def broken_app(tmp_path: Path, **audit: Any) -> AsyncIterator[Any]:
-    settings = audit_settings(tmp_path, **audit)
+    """Reads' records committed to the store (journal off), which `broken` breaks."""
+    settings = audit_settings(tmp_path, **{"journal": False, **audit})
     store = AuditRefusingStore(settings.store_url.removeprefix("sqlite:///"))
     app = create_app(settings, store=store)
     async with (app.router.lifespan_context(app),
@@ -98,3 +101,29 @@ async def test_concurrent_reads_share_commits(tmp_path: Path) -> None:
         commits = float(samples["fhirpm_audit_group_commits_total"])
         assert commits == recorder(app).batch.groups
         assert float(samples["fhirpm_audit_group_records_total"]) > commits
+
+
+async def test_a_failed_journal_write_fails_the_read(tmp_path: Path) -> None:
+    """With the journal on, a read's record is durable once copied there; when the journal
+    cannot take it (its file is full and no new one can be made: here its directory is
+    gone, as a full disk refuses the file's blocks), the read fails with 503; once files
+    can be made again, reads answer again."""
+    app = create_app(audit_settings(tmp_path))
+    journal = recorder(app).trail.journal
+    assert journal is not None
+    journal.capacity = 4096  # a page: a handful of records per file
+    async with (app.state.jobs.held(), app.router.lifespan_context(app),
+                http_client(app, await staff_headers(app)) as client):
+        await client.put("Patient/p1", json={**PATIENT, "id": "p1"})
+        directory = journal.directory
+        journal.directory = tmp_path / "gone" / "journal"
+        statuses = [(await client.get("Patient/p1")).status_code for _ in range(40)]
+        assert 200 in statuses and statuses[-1] == 503  # answered until the file was full
+        refused = statuses.count(503)
+        r = await client.get("Patient/p1")
+        assert r.status_code == 503
+        assert "audit" in r.json()["issue"][0]["diagnostics"]
+        journal.directory = directory
+        assert (await client.get("Patient/p1")).status_code == 200
+        kinds = [e["subtype"][0]["code"] for e in await chain_events(app)]
+        assert kinds == ["update"] + ["read"] * (40 - refused + 1)  # refused: no record

@@ -1,6 +1,7 @@
 """One chain per store, however many API nodes write to it: two apps on the same store
 (SQLite file, MongoDB database) writing and reading at once leave one contiguous chain
-that verifies, with every request's events in it."""
+that verifies, with every request's events in it (once each node's journal is sealed in:
+fhirpm.audit.journal)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ async def test_two_nodes_share_one_chain(store_settings: Settings) -> None:
         for client in clients:
             await client.aclose()
         assert statuses == [[201, 200]] * 12
+        for node in nodes:  # each node's journal (a node's reads see their own at once)
+            await recorder(node).trail.settle()
         events = await chain_events(nodes[0])
         assert [link_of(e).seq for e in events] == list(range(1, len(events) + 1))  # type: ignore[union-attr]
         kinds = [e["subtype"][0]["code"] for e in events]
