@@ -4,7 +4,7 @@ feed, write rules such as scheduling's slot booking), all or nothing.
 
 Owns, inside that unit:
   lookup   what each mapped resource updates: one search per type (its identifiers and
-           content ids OR-ed; on SQLite all sent at once), made inside the unit, so
+           content ids OR-ed; on SQLite all in one trip), made inside the unit, so
            what it finds stays current until the commit (SQLite: the unit holds the
            write lock; MongoDB: the unit re-validates its reads at commit) and an update
            needs no second read, no If-Match and no retry
@@ -23,7 +23,6 @@ most of its time (docs/performance.md, HL7 v2).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -147,8 +146,12 @@ class Committer:
         chunks = [(type_, group[n:n + LOOKUP_CHUNK]) for type_, group in groups.items()
                   for n in range(0, len(group), LOOKUP_CHUNK)]
         queries = [_identity_query(type_, chunk) for type_, chunk in chunks]
-        if _pipelined(unit):
-            results = await asyncio.gather(*(unit.search(q) for q in queries))
+        if isinstance(unit, SqliteUnitOfWork):
+            # all in one trip to the writer thread: a trip each (even sent at once) cost
+            # more than their SQL, ~3 ms of a kitchen-sink message's ~30 (thread wake-ups,
+            # GIL hand-offs). A MongoDB unit's steps share one session and replay after
+            # transient failures: one at a time.
+            results = await unit.search_many(queries)
         else:
             results = [await unit.search(q) for q in queries]
         for (_, chunk), result in zip(chunks, results, strict=True):
@@ -378,15 +381,6 @@ def _identity_query(type_: str, chunk: list[MappedResource]) -> SearchQuery:
     clause = clauses[0] if len(clauses) == 1 else AnyOf(tuple(clauses))
     return SearchQuery(types=(type_,), where=(clause,),
                        count=3 * (len(ids) + len(idents)) + 1, total="none")
-
-
-def _pipelined(unit: UnitOfWork) -> bool:
-    """Whether the unit's searches may be made all at once: SQLite's unit runs its trips
-    in the order they are made on its one writer thread, so the lookups go to it
-    together and come back together (one wake-up of each thread instead of one per
-    search: ~7 fewer per kitchen-sink message). A MongoDB unit's steps share one
-    session and replay after transient failures: one at a time."""
-    return isinstance(unit, SqliteUnitOfWork)
 
 
 def _new_id(res: MappedResource) -> str:

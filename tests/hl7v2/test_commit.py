@@ -61,13 +61,12 @@ async def test_a_small_message_takes_few_writer_trips(inbound: Inbound,
     outcome = await inbound.receive(update.encode())
     assert ack.read(outcome.acks[0]).code == "AA", outcome.message.error
     # message log: the dedup claim carrying the record as received (1 document write, no
-    # read); the unit: one search per type (Patient, Encounter, Practitioner by
-    # identifier; Location by content id) and the COMMIT, whose trip also
-    # carries BEGIN, the buffered puts, the record with its outcome, the patient index
-    # entry and the AuditEvents. No trip per resource: the writes (dispatched like
-    # transaction entries) reuse what the lookups read.
-    lookups = 4
-    assert trips.count == 1 + lookups + 1
+    # read); the unit: one trip for its lookups (BEGIN and a search per type: Patient,
+    # Encounter, Practitioner by identifier; Location by content id) and the COMMIT,
+    # whose trip also carries the buffered puts, the record with its outcome, the
+    # patient index entry and the AuditEvents. No trip per resource: the writes
+    # (dispatched like transaction entries) reuse what the lookups read.
+    assert trips.count == 1 + 1 + 1
     assert trips.reads == 0
 
 
@@ -118,3 +117,32 @@ async def test_a_content_id_a_deletion_left_a_tombstone_is_updated_not_created(
     assert location in again.resources
     back = await ix.repo.store.read(*location.split("/"))
     assert back.version == 3 and not back.deleted  # 1 created, 2 deleted, 3 written again
+
+
+async def test_searches_in_one_trip_see_the_units_writes_and_spare_later_reads(
+        ix: Interactions) -> None:
+    """`search_many` (the lookups' trip): results in order, as `search` gives them one by
+    one, the unit's own buffered puts included; a put based on them needs no trip."""
+    store = sqlite(ix)
+    body = b'{"resourceType":"Patient","id":"%s"}'
+    lu = "2024-01-01T00:00:00.000000Z"
+    by_id = lambda type_, id_: SearchQuery(types=(type_,), where=(  # noqa: E731
+        Param("_id", "token", (TokenPred(code=id_),)),))
+    async with store.unit_of_work() as unit:
+        await unit.put(ResourceVersion("Patient", "a", 1, lu, "PUT", body % b"a"), [],
+                       expected_version=0)
+    trips = Trips(store)
+    async with store.unit_of_work() as unit:
+        await unit.put(ResourceVersion("Patient", "b", 1, lu, "PUT", body % b"b"), [],
+                       expected_version=0)  # buffered: rides with the searches' trip
+        queries = [by_id("Patient", "b"), by_id("Patient", "nope"), by_id("Patient", "a")]
+        many = await unit.search_many(queries)
+        assert trips.count == 1
+        one_by_one = [await unit.search(q) for q in queries]
+        assert [[v.id for v in r.matches] for r in many] == [["b"], [], ["a"]]
+        assert [[v.id for v in r.matches] for r in one_by_one] == [["b"], [], ["a"]]
+        before = trips.count
+        await unit.put(ResourceVersion("Patient", "a", 2, lu, "PUT", body % b"a"), [],
+                       expected_version=many[2].matches[0].version)
+        assert trips.count == before  # its version known from the search: no trip
+    assert (await store.read("Patient", "a")).version == 2
