@@ -141,7 +141,7 @@ class Journal:
         """Make records durable now (raises OSError when they could not be)."""
         if not payloads:
             return
-        data = b"\n".join(payloads) + b"\n"
+        data = (payloads[0] if len(payloads) == 1 else b"\n".join(payloads)) + b"\n"
         segment = self._segments[-1]
         if segment.size + len(data) > len(segment.map):
             segment = self._new_segment(len(data))

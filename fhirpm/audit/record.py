@@ -68,16 +68,19 @@ def read(interaction: str, type: str, id: str, version: int, patients: list[str]
 
 
 def read_payloads(interaction: str, type: str, id: str, version: int, patients: list[str],
-                  query: str, status: int, who: ev.Who, server: ev.Server,
-                  recorded: str) -> list[bytes]:
+                  query: str, status: int, who: ev.Who | tuple[str | None, ...],
+                  server: ev.Server, recorded: str) -> list[bytes]:
     """The payloads of `read`'s drafts, and only them: what a journal keeps (`draft_of`
-    makes the drafts again). The commonest record, so made with the least work."""
+    makes the drafts again). The commonest record, so made with the least work (`who` may
+    be a plain tuple in `ev.Who`'s order)."""
     resources = [f"{type}/{id}/_history/{version}"]
+    client_id, user, fhir_user, address, request_id = who
+    if len(patients) > 1:
+        patients = list(dict.fromkeys(patients))
     return [orjson.dumps([_REST, recorded, interaction, resources, patient, query, None,
-                          status, None, who.client_id, who.user, who.fhir_user,
-                          who.address, who.request_id, server.base_url, server.name,
-                          server.site])
-            for patient in (list(dict.fromkeys(patients)) if patients else [None])]
+                          status, None, client_id, user, fhir_user, address, request_id,
+                          server.base_url, server.name, server.site])
+            for patient in (patients or (None,))]
 
 
 def draft_of(payload: bytes) -> AuditDraft:

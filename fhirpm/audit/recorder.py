@@ -50,6 +50,7 @@ from fhirpm.repository.service import now_instant
 from fhirpm.storage.port import AuditDraft, StoreError, VersionConflict
 
 if TYPE_CHECKING:
+    from fhirpm.audit.journal import Journal
     from fhirpm.repository.interactions import FhirRequest, FhirResponse, Interactions
     from fhirpm.search.extract import Indexer
 
@@ -222,18 +223,7 @@ class Recorder:
         version = response.version
         journal = self.trail.journal
         if version is not None and journal is not None:
-            try:  # the commonest record: its payload alone, into the journal
-                payloads = rec.read_payloads(
-                    interaction, version.type, version.id, version.version,
-                    self._patients_of_version(version), _query(req, parts), response.status,
-                    self._request_who(req, None), self.server, now_instant())
-            except Exception:
-                self._unbuilt()
-                return response
-            try:
-                journal.append(payloads)
-            except Exception as exc:
-                self._not_stored(exc)
+            self._journal_read(journal, req, parts, interaction, version, response.status)
             return response
         try:
             if version is None:  # not a resource's version (a handler's own answer)
@@ -249,6 +239,34 @@ class Recorder:
             drafts = self._unbuilt()
         await self._submit(drafts)
         return response
+
+    def _journal_read(self, journal: Journal, req: FhirRequest, parts: list[str],
+                      interaction: str, version: Any, status: int) -> None:
+        """The commonest record, the shortest way: its payloads alone, made from the
+        request's principal and exchange directly, copied into the journal."""
+        try:
+            principal = req.principal
+            exchange = self.exchange()
+            if principal is None:  # a trusted internal caller (the loader, HL7 v2 inbound)
+                client_id, user, fhir_user = "fhirpm", None, None
+            else:
+                client_id = getattr(principal, "client_id", None)
+                fhir_user = getattr(principal, "fhir_user", None)
+                user = None if client_id is None or principal.is_backend else principal.sub
+            patients = ([version.id] if version.type == "Patient"
+                        else self._patients_of_version(version))
+            payloads = rec.read_payloads(
+                interaction, version.type, version.id, version.version, patients,
+                _query(req, parts) if req.params else req.path, status,
+                (client_id, user, fhir_user, getattr(exchange, "client", None),
+                 getattr(exchange, "request_id", None)), self.server, now_instant())
+        except Exception:
+            self._unbuilt()
+            return
+        try:
+            journal.append(payloads)
+        except Exception as exc:
+            self._not_stored(exc)
 
     async def _failed(self, req: FhirRequest, parts: list[str], interaction: str,
                       who: ev.Who, exc: Exception) -> None:
