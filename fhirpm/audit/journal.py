@@ -101,6 +101,7 @@ class Journal:
         self._timer: asyncio.TimerHandle | None = None
         self._lock = asyncio.Lock()  # one sealing at a time here (settle waits for it)
         self.sealed = 0  # records this process sealed (diagnostics, tests)
+        self.ready = False  # open: takes records (else the recorder commits them itself)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -111,11 +112,13 @@ class Journal:
         recovered = await sweep(self.store, self.seal, self.draft_of, self.directory,
                                 live=False)
         self._segments.append(self._new_segment())
+        self.ready = True
         return recovered
 
     async def close(self) -> None:
         """Seal everything and retire this process's journal files; if the store refuses,
         leave them (logged) for the sealer or the next process to seal."""
+        self.ready = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -137,7 +137,7 @@ class Recorder:
     async def _submit(self, events: list[AuditDraft]) -> None:
         try:
             journal = self.trail.journal
-            if journal is not None:  # durable on return (fhirpm.audit.journal)
+            if journal is not None and journal.ready:  # durable on return (journal.py)
                 journal.append([event.payload for event in events])
             else:
                 await self.batch.submit(events)
@@ -222,7 +222,7 @@ class Recorder:
             raise
         version = response.version
         journal = self.trail.journal
-        if version is not None and journal is not None:
+        if version is not None and journal is not None and journal.ready:
             self._journal_read(journal, req, parts, interaction, version, response.status)
             return response
         try:
@@ -358,7 +358,7 @@ class Recorder:
             # The caller holds a unit of work: a group commit cannot be waited for inside
             # it (on SQLite the group would wait for that unit's lock). Successes commit
             # with the caller's unit; failures (whose unit will roll back) as soon as can be.
-            if failed and self.trail.journal is not None:
+            if failed and self.trail.journal is not None and self.trail.journal.ready:
                 with contextlib.suppress(FhirError):  # logged; the request fails anyway
                     await self._submit(events)
             elif failed:

@@ -70,7 +70,7 @@ class Trail:
 
     async def settle(self) -> None:
         """Seal what the journal holds into the chain (reads of the trail start here)."""
-        if self.journal is not None:
+        if self.journal is not None and self.journal.ready:
             await self.journal.settle()
 
     async def commit(self, drafts: Sequence[AuditDraft]) -> None:
