@@ -33,6 +33,7 @@ from fhirpm.audit import journal, record
 log = logging.getLogger("fhirpm.audit")
 
 INTERVAL = 0.5  # seconds between sweeps of the journal directory
+NICENESS = 5  # the sealer's scheduling priority below the server's
 
 
 async def follow(settings: Any, stop: asyncio.Event, *, interval: float = INTERVAL) -> None:
@@ -103,6 +104,10 @@ def main() -> None:
     line = sys.stdin.buffer.readline()
     if not line:
         return
+    # behind the server for the CPU: the journal holds what waits, durable, so a busy
+    # moment delays sealing, not answers
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS)
     given = orjson.loads(line)
     settings = Settings(store_url=given["store_url"], audit=given["audit"])
     logs.configure(settings.log_level, settings.log_json)
