@@ -108,7 +108,7 @@ class Journal:
     async def open(self) -> int:
         """Seal and delete the journals of processes that died, then start this one's;
         returns how many records were recovered."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # who saw what: ours
         recovered = await sweep(self.store, self.seal, self.draft_of, self.directory,
                                 live=False)
         self._segments.append(self._new_segment())

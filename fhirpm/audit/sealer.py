@@ -49,7 +49,7 @@ async def follow(settings: Any, stop: asyncio.Event, *, interval: float = INTERV
             log.error("audit sealer: this store keeps no journal; nothing to do")
             return
         directory = Path(where)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         seal = trail_for(store, settings.audit).seal
         lock = os.open(directory / journal.SEALER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         try:

@@ -69,6 +69,7 @@ async def test_settle_seals_every_record_once_in_order(store: SqliteResourceStor
     assert drafts[0].refs == ("Patient/p0",)  # read back from the payload (record.draft_of)
     await jnl.close()
     assert list((tmp_path / "j").glob("*.jnl")) == []  # retired
+    assert (tmp_path / "j").stat().st_mode & 0o077 == 0  # who saw what: the server's only
 
 
 async def test_full_files_are_replaced_and_retired(store: SqliteResourceStore,
