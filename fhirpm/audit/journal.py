@@ -176,6 +176,7 @@ class Journal:
 
     async def _background(self) -> None:
         """Seal here unless the sealer process does (then only retire full files)."""
+        loop = asyncio.get_running_loop()
         try:
             if sealer_running(self.directory):
                 self._waiting = 0
@@ -185,17 +186,21 @@ class Journal:
         except Exception as exc:  # the records stay in the journal; try again later
             log.error("audit journal: could not seal records into the store: %s", exc)
             if self._timer is None:
-                self._timer = asyncio.get_running_loop().call_later(self.delay, self._start)
+                self._timer = loop.call_later(self.delay, self._start)
+            return
+        if self._waiting:  # appended while this ran: their own round (once this ended)
+            loop.call_soon(self._schedule)
 
     # -- sealing -------------------------------------------------------------------------
 
     async def settle(self) -> None:
         """Return once every record appended here so far is in the store's chain."""
         async with self._lock:
+            taken = self._waiting  # appended later: counted for the next round
             for segment in self._segments:
                 self.sealed += await seal_file(self.store, self.seal, self.draft_of,
                                                segment.path.name, segment.read)
-            self._waiting = 0
+            self._waiting = max(0, self._waiting - taken)
             await self._retire_full()
 
     async def _retire_full(self) -> None:
