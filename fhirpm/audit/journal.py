@@ -18,7 +18,7 @@ transaction, as for every record) with the cursor moved past them; the cursor is
 Document written with compare-and-swap, so a crash at any point neither loses nor repeats
 a record, and several sealers of one file cannot both take the same records. Who seals:
 - the sealer process (`fhirpm.audit.sealer`, started by `fhirpm serve`) sweeps every
-  journal every 0.1 s: the work happens beside the server, not under its Python lock;
+  journal every 2 s: the work happens beside the server, not under its Python lock;
 - without one, the owner itself, once 1,000 records wait or 0.25 s after the first;
 - the owner before it reads its own trail (`settle`), so reads here see every record made
   here, and when it stops (`close`);

@@ -32,8 +32,8 @@ from fhirpm.audit import journal, record
 
 log = logging.getLogger("fhirpm.audit")
 
-INTERVAL = 0.5  # seconds between sweeps of the journal directory
-NICENESS = 5  # the sealer's scheduling priority below the server's
+INTERVAL = 2.0  # seconds between sweeps of the journal directory
+NICENESS = 19  # background priority: the server first, sealing when a core is free
 
 
 async def follow(settings: Any, stop: asyncio.Event, *, interval: float = INTERVAL) -> None:
