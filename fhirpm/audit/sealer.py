@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -101,6 +102,9 @@ def main() -> None:
     from fhirpm import logs
     from fhirpm.config import Settings
 
+    # Ctrl-C at `fhirpm serve` reaches the whole process group: the server stops, then
+    # closes this one's stdin, which is how it stops (after a last sweep)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     line = sys.stdin.buffer.readline()
     if not line:
         return
