@@ -203,6 +203,14 @@ class Journal:
             self._waiting = max(0, self._waiting - taken)
             await self._retire_full()
 
+    async def unsealed(self) -> int:
+        """Bytes of this process's records not yet sealed into the chain (the sealer's lag;
+        read at /metrics)."""
+        total = 0
+        for segment in list(self._segments):
+            total += max(0, segment.size - await _cursor(self.store, segment.path.name))
+        return total
+
     async def _retire_full(self) -> None:
         """Retire the full files (all but the newest) whose records are all sealed."""
         while len(self._segments) > 1:

@@ -81,8 +81,15 @@ def connect(interactions: Interactions, settings: Settings, *, jobs: Jobs,
         recorder.exchange = exchange
     directory = journal_dir(recorder.trail.store, settings.audit)
     if directory is not None:
-        recorder.trail.journal = Journal(directory, recorder.trail.store, recorder.trail.seal,
-                                         record.draft_of, sync=settings.audit.journal_sync)
+        journal = Journal(directory, recorder.trail.store, recorder.trail.seal,
+                          record.draft_of, sync=settings.audit.journal_sync)
+        recorder.trail.journal = journal
+        if metrics is not None:
+            async def unsealed() -> list[tuple[tuple[()], int]]:
+                return [((), await journal.unsealed())]
+            metrics.gauge("fhirpm_audit_journal_unsealed_bytes",
+                          "this process's audit records durable in its journal, not yet "
+                          "sealed into the chain (the sealer's lag)").callback = unsealed
     if auth is not None:
         auth.audit = recorder.hooks
     if settings.audit.retention_days > 0:

@@ -195,3 +195,31 @@ async def test_the_sealer_process_seals_a_live_journal(store: SqliteResourceStor
     assert await sealed_numbers(store) == list(range(30))
     assert jnl.sealed == 0  # all the sealer's work
     await jnl.close()
+
+
+async def test_metrics_show_what_waits_to_be_sealed(tmp_path: Path) -> None:
+    """/metrics: the bytes of this process's records not yet in the chain."""
+    from fhirpm.app import create_app
+    from tests.audit.conftest import audit_settings, http_client, recorder
+    from tests.bearer import staff_headers
+    from tests.conftest import BASE
+
+    app = create_app(audit_settings(tmp_path))
+    jnl = recorder(app).trail.journal
+    assert jnl is not None
+    jnl.delay = 3600  # sealed only when asked: the gauge cannot move by itself
+
+    async def unsealed(client: object) -> float:
+        text = (await client.get(BASE.removesuffix("/fhir") + "/metrics")).text  # type: ignore[attr-defined]
+        [line] = [x for x in text.splitlines()
+                  if x.startswith("fhirpm_audit_journal_unsealed_bytes ")]
+        return float(line.split()[1])
+
+    async with (app.state.jobs.held(), app.router.lifespan_context(app),
+                http_client(app, await staff_headers(app)) as client):
+        await client.put("Patient/p1", json={"resourceType": "Patient", "id": "p1"})
+        assert await unsealed(client) == 0
+        assert (await client.get("Patient/p1")).status_code == 200
+        assert await unsealed(client) > 0  # the read's record waits in the journal
+        await jnl.settle()
+        assert await unsealed(client) == 0
