@@ -68,11 +68,10 @@ def read(interaction: str, type: str, id: str, version: int, patients: list[str]
 
 
 def read_payloads(interaction: str, type: str, id: str, version: int, patients: list[str],
-                  query: str, status: int, who: ev.Who | tuple[str | None, ...],
-                  server: ev.Server, recorded: str) -> list[bytes]:
+                  query: str, status: int, who: ev.Who, server: ev.Server,
+                  recorded: str) -> list[bytes]:
     """The payloads of `read`'s drafts, and only them: what a journal keeps (`draft_of`
-    makes the drafts again). The commonest record, so made with the least work (`who` may
-    be a plain tuple in `ev.Who`'s order)."""
+    makes the drafts again). The commonest record, so made with the least work."""
     resources = [f"{type}/{id}/_history/{version}"]
     client_id, user, fhir_user, address, request_id = who
     if len(patients) > 1:

@@ -136,8 +136,8 @@ class Recorder:
 
     async def _submit(self, events: list[AuditDraft]) -> None:
         try:
-            journal = self.trail.journal
-            if journal is not None and journal.ready:  # durable on return (journal.py)
+            journal = self.trail.open_journal
+            if journal is not None:  # durable on return (journal.py)
                 journal.append([event.payload for event in events])
             else:
                 await self.batch.submit(events)
@@ -221,8 +221,8 @@ class Recorder:
             await self._failed(req, parts, interaction, self._request_who(req, None), exc)
             raise
         version = response.version
-        journal = self.trail.journal
-        if version is not None and journal is not None and journal.ready:
+        journal = self.trail.open_journal
+        if version is not None and journal is not None:
             self._journal_read(journal, req, parts, interaction, version, response.status)
             return response
         try:
@@ -242,24 +242,13 @@ class Recorder:
 
     def _journal_read(self, journal: Journal, req: FhirRequest, parts: list[str],
                       interaction: str, version: Any, status: int) -> None:
-        """The commonest record, the shortest way: its payloads alone, made from the
-        request's principal and exchange directly, copied into the journal."""
+        """The commonest record, the shortest way: its payloads alone (`record.read_payloads`),
+        copied into the journal."""
         try:
-            principal = req.principal
-            exchange = self.exchange()
-            if principal is None:  # a trusted internal caller (the loader, HL7 v2 inbound)
-                client_id, user, fhir_user = "fhirpm", None, None
-            else:
-                client_id = getattr(principal, "client_id", None)
-                fhir_user = getattr(principal, "fhir_user", None)
-                user = None if client_id is None or principal.is_backend else principal.sub
-            patients = ([version.id] if version.type == "Patient"
-                        else self._patients_of_version(version))
             payloads = rec.read_payloads(
-                interaction, version.type, version.id, version.version, patients,
-                _query(req, parts) if req.params else req.path, status,
-                (client_id, user, fhir_user, getattr(exchange, "client", None),
-                 getattr(exchange, "request_id", None)), self.server, now_instant())
+                interaction, version.type, version.id, version.version,
+                self._patients_of_version(version), _query(req, parts), status,
+                self._request_who(req, None), self.server, now_instant())
         except Exception:
             self._unbuilt()
             return
@@ -358,7 +347,7 @@ class Recorder:
             # The caller holds a unit of work: a group commit cannot be waited for inside
             # it (on SQLite the group would wait for that unit's lock). Successes commit
             # with the caller's unit; failures (whose unit will roll back) as soon as can be.
-            if failed and self.trail.journal is not None and self.trail.journal.ready:
+            if failed and self.trail.open_journal is not None:
                 with contextlib.suppress(FhirError):  # logged; the request fails anyway
                     await self._submit(events)
             elif failed:

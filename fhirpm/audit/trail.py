@@ -68,10 +68,17 @@ class Trail:
         self.seal: Sealer = chain.digest if key is None else partial(chain.digest, key=key)
         self.journal: Journal | None = None  # set by the wiring: see the module doc
 
+    @property
+    def open_journal(self) -> Journal | None:
+        """The journal when it takes records (open), else None: commit them to the store."""
+        journal = self.journal
+        return journal if journal is not None and journal.ready else None
+
     async def settle(self) -> None:
         """Seal what the journal holds into the chain (reads of the trail start here)."""
-        if self.journal is not None and self.journal.ready:
-            await self.journal.settle()
+        journal = self.open_journal
+        if journal is not None:
+            await journal.settle()
 
     async def commit(self, drafts: Sequence[AuditDraft]) -> None:
         """Store `drafts` now, in a transaction of their own."""

@@ -108,7 +108,7 @@ def journal_dir(store: ResourceStore, conf: AuditSettings) -> str | None:
     if conf.journal_dir:
         return conf.journal_dir
     path = getattr(store, "path", None)
-    if isinstance(path, str) and path and path != ":memory:" and not path.startswith("file:"):
+    if isinstance(path, str) and path and path != ":memory:":
         return f"{path}-audit-journal"
     return None
 
