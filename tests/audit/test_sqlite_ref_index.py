@@ -13,6 +13,7 @@ import pytest
 
 from fhirpm.audit import chain
 from fhirpm.storage.port import AuditDraft, AuditEntry, AuditSpan
+from fhirpm.storage.sqlite import audit as audit_sql
 from fhirpm.storage.sqlite import schema
 from fhirpm.storage.sqlite import store as sqlite_store
 from fhirpm.storage.sqlite.store import SqliteResourceStore
@@ -130,7 +131,7 @@ async def test_a_log_from_before_the_deferred_index_is_migrated(tmp_path: Path) 
     conn = sqlite3.connect(path, isolation_level=None)
     schema.migrate(conn)  # today's schema, then the log as the earlier one left it
     conn.execute("DROP TABLE audit_indexed")
-    conn.execute(f"PRAGMA user_version = {len(schema.MIGRATIONS) - 1}")
+    conn.execute(f"PRAGMA user_version = {schema.MIGRATIONS.index(audit_sql.INDEXED_DDL)}")
     old = [(1, "Patient/a\nPractitioner/x"), (2, ""), (3, 'Patient/b\nodd "quoted" \\ one')]
     for seq, refs in old:
         conn.execute("INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?)",

@@ -14,7 +14,8 @@ from fastapi import FastAPI
 
 from fhirpm.search.parse import SearchParser
 from fhirpm.search.query import SearchQuery
-from fhirpm.storage.sqlite.search import explain
+from fhirpm.storage.sqlite import index, schema
+from fhirpm.storage.sqlite.search import explain, run
 from tests.search.helpers import put_all
 from tests.search.test_parameters import DATA
 
@@ -30,6 +31,7 @@ SINGLE = [
     ("Observation", "code=http://loinc.org|8480-6"), ("Observation", "value-quantity=gt5"),
     ("Observation", "subject:identifier=http://acme.org/patient|2345"),
     ("Observation", "subject=Patient/p1"), ("Observation", "subject=p1"),
+    ("Observation", "subject=http://other.org/fhir/Patient/p1"),
     ("Observation", "subject:Patient.name=peter"),
     ("Patient", "_has:Observation:patient:code=8480-6"),
     ("Appointment", "date=ge2024-03-01"), ("RiskAssessment", "probability=gt0.5"),
@@ -78,6 +80,43 @@ async def test_single_parameters_use_an_index(app: FastAPI, db: sqlite3.Connecti
         plan = explain(db, _query(app, type_, text))
         assert not any(line.endswith("(param=?)") for line in plan), (type_, text, plan)
         assert not any("(type=? AND deleted=?)" in line for line in plan), (type_, text, plan)
+
+
+BEFORE_LEAN = """
+DROP INDEX ix_reference_url;
+DROP INDEX ix_reference_identifier;
+CREATE INDEX ix_string_raw ON ix_string (param, raw, rid);
+CREATE INDEX ix_reference_url ON ix_reference (param, url, rid);
+CREATE INDEX ix_reference_identifier ON ix_reference (param, id_value, id_system, rid)
+"""
+LEAN_SERVED = [("Patient", "family:exact=Chalmers"),
+               ("Observation", "subject=http://other.org/fhir/Patient/p1"),
+               ("Observation", "subject:identifier=http://acme.org/patient|2345")]
+
+
+async def test_a_database_with_the_earlier_indexes_is_migrated(
+        app: FastAPI, db: sqlite3.Connection) -> None:
+    """The indexes as they were before `index.LEAN_DDL`, with rows in them: migrating
+    drops the raw-string index and keeps only the rows with a URL or an identifier in
+    theirs; the searches they served find the same resources through the new ones."""
+    def found() -> list[list[str]]:
+        return [[v.id for v in run(db, _query(app, type_, text)).matches]
+                for type_, text in LEAN_SERVED]
+
+    before = found()
+    assert all(before), before
+    db.executescript(BEFORE_LEAN)
+    db.execute(f"PRAGMA user_version = {schema.MIGRATIONS.index(index.LEAN_DDL)}")
+    assert found() == before
+    schema.migrate(db)
+    indexes = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'"))
+    assert "ix_string_raw" not in indexes
+    assert "WHERE url IS NOT NULL" in indexes["ix_reference_url"]
+    assert "WHERE id_value IS NOT NULL" in indexes["ix_reference_identifier"]
+    assert found() == before
+    for type_, text in LEAN_SERVED:
+        plan = explain(db, _query(app, type_, text))
+        assert not _scans(plan) and not any(line.endswith("(param=?)") for line in plan), plan
 
 
 async def test_equalities_stream_without_sorting(app: FastAPI, db: sqlite3.Connection) -> None:

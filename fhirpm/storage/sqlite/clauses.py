@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import count
 
+from fhirpm.search.normalize import fold
 from fhirpm.search.query import (
     AllOf,
     AnyOf,
@@ -100,7 +101,9 @@ def _or(parts: Sequence[Sql]) -> Sql:
 def pred_sql(pred: Pred, a: str) -> Sql:
     match pred:
         case StringPred(value=v, mode="exact"):
-            return f"{a}.raw = ?", [v]
+            # the norm index finds it (there is no index on raw): a raw value's norm is
+            # its fold (search.extract)
+            return f"{a}.norm = ? AND {a}.raw = ?", [fold(v), v]
         case StringPred(value=v, mode="contains"):
             return (f"instr({a}.norm, ?) > 0", [v]) if v else TRUE
         case StringPred(value=v):

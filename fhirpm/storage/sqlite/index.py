@@ -122,6 +122,21 @@ DROP INDEX ix_reference_target;
 CREATE INDEX ix_reference_target ON ix_reference (param, ref_id, ref_type, rid, url)
 """
 
+# Fewer B-trees per index row (docs/performance.md, HL7 v2 inbound: a message's ~175 rows
+# land on scattered leaves, and every index of a table is one more leaf per row):
+# - `:exact` is served by the norm index (the norm of a raw value is `fold(raw)`, so an
+#   exact match is among the rows whose norm is the value's fold);
+# - the url and identifier indexes keep only the rows that have one: a local reference
+#   (nearly all of them) has neither, and a search by either names a value.
+LEAN_DDL = """
+DROP INDEX IF EXISTS ix_string_raw;
+DROP INDEX IF EXISTS ix_reference_url;
+CREATE INDEX ix_reference_url ON ix_reference (param, url, rid) WHERE url IS NOT NULL;
+DROP INDEX IF EXISTS ix_reference_identifier;
+CREATE INDEX ix_reference_identifier ON ix_reference (param, id_value, id_system, rid)
+    WHERE id_value IS NOT NULL
+"""
+
 TABLES = ("ix_string", "ix_token", "ix_reference", "ix_date", "ix_number", "ix_quantity",
           "ix_uri")
 

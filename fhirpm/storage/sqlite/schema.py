@@ -57,7 +57,7 @@ CREATE TABLE documents (
 """
 
 MIGRATIONS: list[str] = [CORE, index.DDL, DOCUMENTS, index.SEARCH_DDL, index.REFERENCE_URL_DDL,
-                         audit.DDL, audit.INDEXED_DDL]
+                         audit.DDL, audit.INDEXED_DDL, index.LEAN_DDL]
 
 
 def migrate(conn: sqlite3.Connection) -> None:
