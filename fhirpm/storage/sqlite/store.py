@@ -34,7 +34,7 @@ from fhirpm.storage.port import (
     UniqueKeyTaken,
     VersionConflict,
 )
-from fhirpm.storage.sqlite import audit, index, schema
+from fhirpm.storage.sqlite import audit, identities, index, schema
 from fhirpm.storage.sqlite import search as sql_search
 from fhirpm.storage.sqlite.checkpoint import WAL_BOUND_PAGES, Checkpointer
 from fhirpm.storage.sqlite.reads import CurrentReads
@@ -516,8 +516,9 @@ class SqliteUnitOfWork:
     async def search_many(self, queries: Sequence[SearchQuery]) -> list[SearchResult]:
         """Several searches in one trip, results in order (SQLite only: the HL7 v2
         bridge's lookups, ~8 per message; a trip each cost more than their SQL, the
-        thread wake-ups and GIL hand-offs: docs/performance.md, HL7 v2 inbound)."""
-        results = await self.hop(lambda c: [sql_search.run(c, q) for q in queries])
+        thread wake-ups and GIL hand-offs: docs/performance.md, HL7 v2 inbound); identity
+        lookups (`_id`, `identifier`) all in one statement (`identities`)."""
+        results = await self.hop(lambda c: identities.run_many(c, queries))
         for result in results:
             for v in result.matches:  # read inside the unit: current until it writes it
                 self._known[(v.type, v.id)] = v.version
