@@ -476,9 +476,13 @@ class _Run:
         type = dmap["resource"]
         identity = _identifier_identity(type, body) if dmap.get("identity") == "identifier" \
             else None
-        if identity is None:
-            identity = Identity(type, id=_content_id(type, body))
-        key = f"{type}:{identity.key}"
+        # one resource per content within the message (a guarantor named in IN1-16 and in
+        # GT1-3); across messages the same content stands for the same resource unless it
+        # refers to others (`refs`: a RelatedPerson is its patient's), whose content id
+        # then waits for those references (`finish`)
+        key = f"{type}:{identity.key if identity else _content_id(type, body)}"
+        if identity is None and not dmap.get("refs"):
+            identity = Identity(type, id=key.partition(":")[2])
         res = self.resources.get(key)
         if res is None:
             res = self.resources[key] = MappedResource(type, key, body, identity)

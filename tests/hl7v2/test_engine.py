@@ -125,6 +125,17 @@ def test_content_ids_depend_on_the_patient() -> None:
     assert a.id != b.id
 
 
+def test_a_guarantor_is_a_related_person_of_each_patient() -> None:
+    """The same guarantor name on two patients' messages: two RelatedPersons (each its
+    patient's), not one moved from patient to patient; a resend finds the same one."""
+    gt1 = "GT1|1||Radiant^Lucy"
+    ids = [one(mapped(adt(control=c, extra=gt1, pid=pid)), "RelatedPerson").identity.id
+           for c, pid in (("1", "PID|1||MRN1^^^PRACTICE^MR||Doe^Jane"),
+                          ("2", "PID|1||MRN2^^^PRACTICE^MR||Roe^Ann"),
+                          ("3", "PID|1||MRN1^^^PRACTICE^MR||Doe^Jane"))]
+    assert ids[0] != ids[1] and ids[0] == ids[2] and ids[0].startswith("v2-")
+
+
 def test_sender_timezone_for_times_without_offset() -> None:
     assert v2_datetime("202401020304", "+01:00") == "2024-01-02T03:04:00+01:00"
     assert v2_datetime("202401020304") == "2024-01-02"
