@@ -425,8 +425,8 @@ class SqliteUnitOfWork:
     statement; a transaction Bundle makes thousands of puts. Reads in the unit (current,
     search) flush first and wait, so they see the unit's writes; BEGIN IMMEDIATE keeps
     other writers out for the unit's whole life. So a version the unit read (`current`, a
-    search's matches) stays current until the unit itself writes that resource: reading
-    it again, or putting a version based on it, costs no trip.
+    search's matches) or wrote stays current until the unit itself writes that resource
+    again: reading it, or putting a version based on it, costs no trip.
 
     Version checks stay immediate: the unit knows the version of everything it read or
     wrote, so a put based on another version raises VersionConflict at once and is not
@@ -446,8 +446,9 @@ class SqliteUnitOfWork:
         self._audit: list[tuple[Sequence[AuditDraft], Sealer]] = []  # appended at commit
         self._docs: list[tuple[Any, ...]] = []  # document writes, made at commit
         self._known: dict[tuple[str, str], int] = {}  # (type, id) -> version in this unit
-        # current versions this unit read and has not written since: the unit holds the
-        # write lock, so they stay current and reading one again needs no trip
+        # current versions this unit read or wrote: the unit holds the write lock, so
+        # they stay current and reading one again needs no trip (a write rule's caller
+        # reads back what the rule may have written again: Repository._write)
         self._read: dict[tuple[str, str], ResourceVersion | None] = {}
         self._begun = False
         self._failed: BaseException | None = None  # set on the writer thread
@@ -508,7 +509,7 @@ class SqliteUnitOfWork:
             if len(self._pending) >= self._BATCH:
                 self.hop()  # in the background; its failure surfaces at the next trip
         self._known[key] = version.version
-        self._read.pop(key, None)
+        self._read[key] = version  # its seq is assigned at the insert: unknown here
 
     async def search(self, query: SearchQuery) -> SearchResult:
         return (await self.search_many([query]))[0]
