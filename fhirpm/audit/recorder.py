@@ -2,8 +2,10 @@
 message leaves an AuditEvent, stored before the answer goes out.
 
 FHIR interactions are recorded in one place: `Interactions.dispatch` hands each request to
-`Recorder.dispatch` (the app sets `Interactions.observer`), so REST calls, bundle entries,
-operations' own sub-requests and HL7 v2 inbound are all seen the same way.
+`Recorder.dispatch` (the app sets `Interactions.observer`), so REST calls, bundle entries
+and operations' own sub-requests are all seen the same way. The writes of an HL7 v2
+message are its own steps (`folded`): its one event (DICOM Import) lists the versions they
+made, as an operation's event lists what its sub-requests touched.
 
 Where an event is stored:
 - a write (create, update, patch, delete, conditional ones too) runs in a unit of work the
@@ -31,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -162,6 +164,21 @@ class Recorder:
         if principal is not None and hasattr(principal, "client_id"):
             return ev.Who.from_principal(principal, address, request_id)
         return ev.Who(client_id, user, fhir_user, address, request_id)
+
+    @contextlib.asynccontextmanager
+    async def folded(self) -> AsyncIterator[None]:
+        """Requests dispatched inside are steps of the caller's own event (an HL7 v2
+        message's writes: its receipt lists what they wrote), not events of their own.
+        Whole events recorded meanwhile are stored when it ends."""
+        scope = _Scope(self.who(), nested=False)
+        token = _scope.set(scope)
+        try:
+            yield
+        finally:
+            scope.ended = True
+            _scope.reset(token)
+        if scope.deferred:
+            await self._submit(scope.deferred)
 
     # -- FHIR interactions: the dispatch hook ------------------------------------------------
 

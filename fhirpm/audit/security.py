@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -95,11 +95,19 @@ class AuditHooks:
 
     # -- HL7 v2 ---------------------------------------------------------------------------
 
-    async def received(self, record: Any, *, unit: UnitOfWork | None = None) -> None:
+    def folded(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Around an HL7 v2 message's writes: they are recorded by its receipt
+        (`received`), not one by one (Recorder.folded)."""
+        return self.recorder.folded()
+
+    async def received(self, record: Any, *, unit: UnitOfWork | None = None,
+                       versions: Sequence[str] = ()) -> None:
         """An HL7 v2 message received and answered: `record` is its message-log entry
         (fhirpm.hl7v2.messages.LoggedMessage: sender, peer, type, control id, status,
-        error, the resources it wrote and its patient). With `unit`, the event is put
-        into that unit of work (the message's own: it commits with the data)."""
+        error, the resources it wrote and its patient); `versions`, the versions its
+        writes made (`Type/id/_history/n`), listed instead of the resources when given.
+        With `unit`, the event is put into that unit of work (the message's own: it
+        commits with the data)."""
         status = {"processed": 200, "error": 422, "rejected": 400}.get(record.status, 500)
         sender = "^".join(p for p in (record.sender, record.facility) if p)
         who = ev.Who(client_id=sender or None, address=record.peer or None,
@@ -109,7 +117,7 @@ class AuditHooks:
             sender, who, self.recorder.server,
             ev.Outcome(status, record.error or None), now_instant(),
             message_type=record.type, control_id=record.control_id,
-            resources=tuple(record.resources), patient=patient)
+            resources=tuple(versions or record.resources), patient=patient)
         if unit is not None:
             await self.recorder.trail.append(unit, [rec.whole(event)])
         else:
@@ -136,6 +144,10 @@ class _Silent:
 
     async def consent(self, *args: Any, **kwargs: Any) -> None:
         return None
+
+    @contextlib.asynccontextmanager
+    async def folded(self) -> AsyncIterator[None]:
+        yield
 
     async def received(self, *args: Any, **kwargs: Any) -> None:
         return None

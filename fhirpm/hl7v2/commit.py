@@ -34,7 +34,7 @@ from fhirpm.fhir import jsonio
 from fhirpm.hl7v2.engine import Link, Mapped, MappedResource, copy_json
 from fhirpm.hl7v2.parser import V2Error
 from fhirpm.repository import reindex
-from fhirpm.repository.interactions import FhirRequest, Interactions
+from fhirpm.repository.interactions import FhirRequest, FhirResponse, Interactions
 from fhirpm.repository.service import new_id, now_instant
 from fhirpm.search.parse import SearchParser
 from fhirpm.search.query import AnyOf, Clause, Param, RefPred, SearchQuery, TokenPred
@@ -69,8 +69,9 @@ class _Target:
         return f"{self.res.type}/{self.id}"
 
 
-# called inside the message's unit of work once its resources are written
-Written = Callable[[UnitOfWork, list[str]], Awaitable[None]]
+# called inside the message's unit of work once its resources are written: `Type/id` of
+# each resource of the message, and the versions its writes made (`Type/id/_history/n`)
+Written = Callable[[UnitOfWork, list[str], list[str]], Awaitable[None]]
 
 
 class Committer:
@@ -82,8 +83,8 @@ class Committer:
 
     async def commit(self, mapped: Mapped, written: Written | None = None) -> list[str]:
         """Write the message's resources in one unit; `Type/id` of each, in message order.
-        `written(unit, refs)` runs in the unit after the writes, before it commits (what
-        must commit with the data: the message's audit record)."""
+        `written(unit, refs, versions)` runs in the unit after the writes, before it
+        commits (what must commit with the data: the message's audit record)."""
         for attempt in range(RETRIES):
             try:
                 # a retry reads before every write (see _write: a content id a deletion
@@ -112,6 +113,7 @@ class Committer:
                     t.body["recorded"] = now_instant()  # created anew: when we received it
             await self._links(unit, mapped.links, targets)
             by_ref = {t.ref: t for t in targets.values()}
+            versions: list[str] = []
             for old, new, referrers in moved:
                 for version in referrers:
                     ref = f"{version.type}/{version.id}"
@@ -120,14 +122,14 @@ class Committer:
                         continue
                     body = jsonio.loads(version.body)
                     _move_references(body, old, new)
-                    await self.ix.dispatch(FhirRequest("PUT", ref, self.base,
-                                                       resource=body, uow=unit))
+                    _made(versions, await self.ix.dispatch(FhirRequest(
+                        "PUT", ref, self.base, resource=body, uow=unit)))
             for t in targets.values():
                 if not _unchanged(t):
-                    await self._write(unit, t, careful)
+                    _made(versions, await self._write(unit, t, careful))
             refs = [t.ref for t in targets.values()]
             if written is not None:
-                await written(unit, refs)
+                await written(unit, refs, versions)
         return refs
 
     # -- lookup -----------------------------------------------------------------------
@@ -169,7 +171,8 @@ class Committer:
 
     # -- writes -----------------------------------------------------------------------
 
-    async def _write(self, unit: UnitOfWork, t: _Target, careful: bool = False) -> None:
+    async def _write(self, unit: UnitOfWork, t: _Target, careful: bool = False
+                     ) -> FhirResponse:
         """One write, dispatched like a transaction entry (`PUT Type/id`, or `POST Type`
         with the id assigned) inside the message's unit: whatever observes requests (the
         audit trail) sees it as it sees REST writes. The unit already read the current
@@ -188,7 +191,7 @@ class Committer:
             req = FhirRequest("POST", res.type, self.base, resource=body, uow=unit,
                               assigned_id=t.id)
         try:
-            await self.ix.dispatch(req)
+            return await self.ix.dispatch(req)
         except V2Error:
             raise
         except FhirError as err:
@@ -381,6 +384,14 @@ def _identity_query(type_: str, chunk: list[MappedResource]) -> SearchQuery:
     clause = clauses[0] if len(clauses) == 1 else AnyOf(tuple(clauses))
     return SearchQuery(types=(type_,), where=(clause,),
                        count=3 * (len(ids) + len(idents)) + 1, total="none")
+
+
+def _made(versions: list[str], response: FhirResponse) -> None:
+    """Note the version a write left (the current one, should the Repository have found
+    nothing to change after all)."""
+    v = response.version
+    if v is not None:
+        versions.append(f"{v.type}/{v.id}/_history/{v.version}")
 
 
 def _new_id(res: MappedResource) -> str:

@@ -141,14 +141,14 @@ class Inbound:
         success = acks + ([self._ack(h, "AA")] if not h.enhanced
                           or ack.wanted(h.app_ack, ok=True) else [])
 
-        async def in_unit(unit: UnitOfWork, refs: list[str]) -> None:
+        async def in_unit(unit: UnitOfWork, refs: list[str], versions: list[str]) -> None:
             # The record of the outcome and the receipt commit with the data they describe
             # (no trips of their own); if the unit then fails, they roll back with it and
-            # the failure is recorded below.
+            # the failure is recorded below. The receipt is the writes' audit record.
             self._processed(record, refs)
             record.acks = sent_early + success
             await self.log.save_in(unit, record)
-            await audit.received(record, unit=unit)
+            await audit.received(record, unit=unit, versions=versions)
 
         try:
             try:
@@ -156,7 +156,8 @@ class Inbound:
                     mapped = self.engine.map(msg, self._options(h))
                 elif isinstance(mapped, Exception):
                     raise mapped
-                written = await self.commit(mapped, in_unit)
+                async with audit.folded():  # the receipt records the writes
+                    written = await self.commit(mapped, in_unit)
             except FhirError:
                 raise
             except Exception as exc:  # a bug or a store failure: AE, kept for replay

@@ -45,10 +45,10 @@ async def test_message_receipt_is_recorded(ix: Interactions) -> None:
     assert outcome.acks
     stored = await events(ix)
     received = [e for e in stored if subtype(e) == "hl7v2-receive"]
-    assert len(received) == 1
-    # committed with the message's data (its writes' events, then the receipt, in one
-    # unit), not by a commit of its own
-    assert recorder.batch.groups == groups and stored[-1] is received[0]
+    # the receipt is the one event: the message's writes are its steps, not events of
+    # their own; committed with the message's data, not by a commit of its own
+    assert len(received) == 1 and stored == received
+    assert recorder.batch.groups == groups
     event = received[0]
     assert event["outcome"] == "0" and event["action"] == "C"
     assert event["agent"][0]["who"]["identifier"]["value"] == "EHR^CLINIC"
@@ -59,6 +59,29 @@ async def test_message_receipt_is_recorded(ix: Interactions) -> None:
     patient = patient_of(event)
     assert patient is not None and patient.startswith("Patient/")
     assert f"{patient}" in [r.rsplit("/_history", 1)[0] for r in data_refs(event)]
+    # every version the message wrote, exactly: the current versions of what it names
+    written = data_refs(event)
+    assert sorted(r.rsplit("/_history", 1)[0] for r in written) == sorted(
+        outcome.message.resources)
+    for ref in written:
+        type_, id_, _, version = ref.split("/")
+        current = await ix.repo.store.read(type_, id_)
+        assert current is not None and str(current.version) == version
+
+
+async def test_an_update_by_a_resend_with_a_new_control_id_lists_the_new_versions(
+        ix: Interactions) -> None:
+    inbound = Inbound(ix, Hl7Settings(port=0), BASE)
+    await inbound.receive(adt("A04", "CTRL-1").encode("latin-1"), "192.0.2.7")
+    changed = adt("A08", "CTRL-2").replace("Doe^Jane", "Doe^Janet")
+    assert "Doe^Janet" in changed
+    await inbound.receive(changed.encode("latin-1"), "192.0.2.7")
+    first, second = [e for e in await events(ix) if subtype(e) == "hl7v2-receive"]
+    patient = patient_of(second)
+    assert patient is not None
+    before = [r for r in data_refs(first) if r.startswith(patient + "/")]
+    after = [r for r in data_refs(second) if r.startswith(patient + "/")]
+    assert before == [f"{patient}/_history/1"] and after == [f"{patient}/_history/2"]
 
 
 async def test_garbage_is_recorded_as_refused(ix: Interactions) -> None:
