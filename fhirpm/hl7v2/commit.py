@@ -44,6 +44,7 @@ from fhirpm.storage.sqlite.store import SqliteUnitOfWork
 RETRIES = 3  # a unit that lost a race (MongoDB commit, 409/412) is rebuilt from fresh reads
 LOOKUP_CHUNK = 50  # identifiers OR-ed into one search
 REFERRERS_MAX = 1000  # resources an A40 moves per type (more: the merge is refused)
+PARSED_MAX = 4096  # stored bodies kept parsed (then start afresh): bounded memory
 
 # Where a Patient is referenced, by type: the search parameter an A40 merge moves.
 PATIENT_REFERENCES = {
@@ -80,6 +81,10 @@ class Committer:
         self.base = base
         self._parser: SearchParser | None = None  # for `links:` criteria, see _link_parser
         self._parser_at = 0.0
+        # stored bodies parsed, by their bytes (not by version: an expunged resource may
+        # be created again): the staff, places and payers a message names come back in
+        # every message's lookups; read-only (`_Target.stored_body`)
+        self._parsed: dict[bytes, dict[str, Any]] = {}
 
     async def commit(self, mapped: Mapped, written: Written | None = None) -> list[str]:
         """Write the message's resources in one unit; `Type/id` of each, in message order.
@@ -157,7 +162,7 @@ class Committer:
         else:
             results = [await unit.search(q) for q in queries]
         for (_, chunk), result in zip(chunks, results, strict=True):
-            bodies = [(v, jsonio.loads(v.body)) for v in result.matches]
+            bodies = [(v, self._parsed_body(v)) for v in result.matches]
             for res in chunk:
                 hits = [(v, body) for v, body in bodies if _is(v, body, res)]
                 if len(hits) > 1:
@@ -168,6 +173,14 @@ class Committer:
                     (version, body), = hits
                     out[res.key] = (version, version.id, body)
         return out
+
+    def _parsed_body(self, version: ResourceVersion) -> dict[str, Any]:
+        body = self._parsed.get(version.body)
+        if body is None:
+            if len(self._parsed) >= PARSED_MAX:
+                self._parsed.clear()
+            body = self._parsed[version.body] = jsonio.loads(version.body)
+        return body
 
     # -- writes -----------------------------------------------------------------------
 

@@ -146,3 +146,20 @@ async def test_searches_in_one_trip_see_the_units_writes_and_spare_later_reads(
                        expected_version=many[2].matches[0].version)
         assert trips.count == before  # its version known from the search: no trip
     assert (await store.read("Patient", "a")).version == 2
+
+
+async def test_stored_bodies_parsed_once_are_never_modified(inbound: Inbound) -> None:
+    """The lookups keep stored bodies parsed across messages (the same practitioner and
+    location come back in every message): merging over them must never change them."""
+    from fhirpm.fhir import jsonio
+
+    messages = [adt("A04", "P1"), adt("A08", "P2", pid="PID|1||MRN1^^^PRACTICE^MR||"
+                                                       "Doe^Janet||19800102|F"),
+                adt("A08", "P3", pid="PID|1||MRN1^^^PRACTICE^MR||Doe^Janet||\"\"|F"),
+                adt("A04", "P4", pid="PID|1||MRN2^^^PRACTICE^MR||Roe^Ann||19700101|F")]
+    for text in messages:
+        outcome = await inbound.receive(text.encode())
+        assert ack.read(outcome.acks[0]).code == "AA", outcome.message.error
+    parsed = inbound.committer._parsed
+    assert parsed  # the practitioner, the location, the patient ...
+    assert all(body == jsonio.loads(raw) for raw, body in parsed.items())
