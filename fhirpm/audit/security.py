@@ -104,8 +104,9 @@ class AuditHooks:
                        versions: Sequence[str] = ()) -> None:
         """An HL7 v2 message received and answered: `record` is its message-log entry
         (fhirpm.hl7v2.messages.LoggedMessage: sender, peer, type, control id, status,
-        error, the resources it wrote and its patient); `versions`, the versions its
-        writes made (`Type/id/_history/n`), listed instead of the resources when given.
+        error, the resources it names and its patient); `versions`, the versions its
+        writes made (`Type/id/_history/n`), listed instead of those resources (a message
+        that changed nothing lists the resources it named).
         With `unit`, the event is put into that unit of work (the message's own: it
         commits with the data)."""
         status = {"processed": 200, "error": 422, "rejected": 400}.get(record.status, 500)
