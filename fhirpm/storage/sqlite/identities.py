@@ -19,7 +19,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from fhirpm.search.query import AnyOf, Clause, Param, SearchQuery, SearchResult, TokenPred
-from fhirpm.storage.sqlite.clauses import Sql
+from fhirpm.storage.sqlite.clauses import Sql, keys, pred_sql
 
 _COLS = "h.type, h.id, h.version, h.last_updated, h.method, h.body, h.seq"
 
@@ -82,12 +82,8 @@ def _probe(type: str, clause: Clause) -> Sql | None:
         marks = ",".join("?" * len(preds))
         return (f"SELECT rid FROM resources WHERE type = ? AND id IN ({marks})",
                 [type, *(p.code for p in preds)])
-    sqls, args = [], []
-    for p in preds:
-        if p.system is None:
-            sqls.append("SELECT rid FROM ix_token WHERE param = ? AND code = ?")
-            args += [f"{type}.identifier", p.code]
-        else:
-            sqls.append("SELECT rid FROM ix_token WHERE param = ? AND code = ? AND system = ?")
-            args += [f"{type}.identifier", p.code, p.system]
-    return " UNION ALL ".join(sqls), args
+    key = keys([type], "identifier")[0]
+    probes = [pred_sql(p, "a") for p in preds]  # the token match every search uses
+    return (" UNION ALL ".join(f"SELECT rid FROM ix_token a WHERE a.param = ? AND {sql}"
+                               for sql, _ in probes),
+            [a for _, args in probes for a in (key, *args)])
