@@ -129,10 +129,12 @@ class Committer:
                     _move_references(body, old, new)
                     _made(versions, await self.ix.dispatch(FhirRequest(
                         "PUT", ref, self.base, resource=body, uow=unit)))
-            for t in targets.values():
-                if not _unchanged(t):
+            idle = {t.res.full_url: t.ref for t in targets.values() if _unchanged(t)}
+            kept = _if_written(list(targets.values()), idle)
+            for t in kept:
+                if t.res.full_url not in idle:
                     _made(versions, await self._write(unit, t, careful))
-            refs = [t.ref for t in targets.values()]
+            refs = [t.ref for t in kept]
             if written is not None:
                 await written(unit, refs, versions)
         return refs
@@ -439,6 +441,28 @@ def _is(stored: ResourceVersion, body: dict[str, Any], res: MappedResource) -> b
     return any(i.get("value") == ident.value and (ident.system is None
                                                  or i.get("system") == ident.system)
                for i in body.get("identifier") or () if isinstance(i, dict))
+
+
+def _if_written(targets: list[_Target], idle: dict[str, str]) -> list[_Target]:
+    """The targets to write, with references that hold only for written resources (a
+    Provenance's `target`) dropped where the message changes nothing; a resource left
+    without any of them is not written at all: it would describe writes that did not
+    happen (a resend's Provenance, whose `target` the spec requires). `idle`: the
+    fullUrls of the resources the message leaves unchanged -> their `Type/id`."""
+    if not idle:
+        return targets
+    kept = []
+    for t in targets:
+        for element, urls in t.res.if_written.items():
+            gone = {idle[u] for u in urls if u in idle}
+            left = [r for r in t.body.get(element, ())
+                    if not (isinstance(r, dict) and r.get("reference") in gone)]
+            if not left:
+                break
+            t.body[element] = left
+        else:
+            kept.append(t)
+    return kept
 
 
 def _unchanged(t: _Target) -> bool:

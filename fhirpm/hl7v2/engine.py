@@ -131,6 +131,9 @@ class MappedResource:
     defaults: dict[str, Any] = field(default_factory=dict)
     full_url: str = ""
     origin: tuple[str, int] = ("", 0)  # the segment (name, occurrence) that first fed it
+    # top-level element -> the fullUrls it references only if the message writes them
+    # (`written: true` references rows: a Provenance's targets; see the committer)
+    if_written: dict[str, set[str]] = field(default_factory=dict)
 
     def resource(self) -> dict[str, Any]:
         """The body as it would be stored when nothing was there before."""
@@ -315,14 +318,22 @@ class _Run:
                 _set(res.body, path, self._ref(found))
 
     def _reference_row(self, row: dict[str, Any]) -> None:
-        """`references:` rows: {from: Key, path: x, to: Key} for every resource of a key."""
+        """`references:` rows: {from: Key, path: x, to: Key} for every resource of a key;
+        `written: true`: only to the resources the message writes (`path` top-level)."""
         sources = self._keyed(row["from"])
         targets = (list(self.resources.values()) if row["to"] == "*"
                    else self._keyed(row["to"]))
+        element = row["path"].removesuffix("[]")
+        if row.get("written") and ("." in element or "[" in element):
+            raise V2Error(Category.INTERNAL, f"mappings: a `written` reference needs a "
+                          f"top-level `path`: {row!r}")
         for res in sources:
             for target in targets:
                 if target is not res:
-                    _set(res.body, row["path"], self._ref(target), row.get("with"))
+                    ref = self._ref(target)
+                    _set(res.body, row["path"], ref, row.get("with"))
+                    if row.get("written"):
+                        res.if_written.setdefault(element, set()).add(ref["reference"])
 
     def _keyed(self, key: str) -> list[MappedResource]:
         return [r for k, r in self.resources.items() if k == key or k.startswith(key + "#")]
