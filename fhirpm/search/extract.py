@@ -340,7 +340,8 @@ class RegistryIndexer:
         # absolute references under the server's own base URL are indexed as local ones
         self.local_base = local_base.rstrip("/") if local_base else None
         self.skipped: dict[str, str] = {}  # parameter url -> why its expression is not used
-        self._plans: dict[str, list[Step]] = {}
+        self._plans: dict[str, list[Step]] = {}  # the steps whose entries are stored
+        self._every: dict[str, list[Step]] = {}  # and the registry's aliases' steps
         self._meta: dict[str, list[Step]] = {}  # plan steps that read server meta
         # (id of a plan or meta list, a resource's top-level keys) -> the steps that can
         # find anything there: resources of a type share a few key sets, and testing every
@@ -351,9 +352,12 @@ class RegistryIndexer:
     def extract(self, type: str, resource: dict[str, Any], *,
                 only: Collection[str] | None = None,
                 exclude: Collection[str] = ()) -> list[IndexEntry]:
-        """`only`: just these parameter codes (an access check needs a few, not all);
-        `exclude`: all but these (`meta_codes`, when the meta is not final yet)."""
-        return self._run(type, self.plan(type), resource, only, exclude)
+        """`only`: just these parameter codes (an access check needs a few, not all; an
+        alias among them gets its own entries); `exclude`: all but these (`meta_codes`,
+        when the meta is not final yet). Without `only`, the entries to store: none for
+        the registry's aliases (their searches read the entries of the code they alias)."""
+        steps = self.plan(type) if only is None else self.plan(type, aliases=True)
+        return self._run(type, steps, resource, only, exclude)
 
     def _run(self, type: str, steps: list[Step], resource: dict[str, Any],
              only: Collection[str] | None = None,
@@ -413,17 +417,21 @@ class RegistryIndexer:
                 params[step[0]], type, step[3])]
         return found
 
-    def plan(self, type: str) -> list[Step]:
-        """The compiled steps for `type`, rebuilt when the registry changes."""
+    def plan(self, type: str, *, aliases: bool = False) -> list[Step]:
+        """The compiled steps for `type` (with `aliases`: the registry's aliases' too),
+        rebuilt when the registry changes."""
         if self._revision != self.registry.revision:
             self._plans.clear()
+            self._every.clear()
             self._meta.clear()
             self._selected.clear()  # keyed by the ids of the lists just dropped
             self._revision = self.registry.revision
-        steps = self._plans.get(type)
-        if steps is None:
-            steps = self._plans[type] = self._build(type)
-        return steps
+        every = self._every.get(type)
+        if every is None:
+            every = self._every[type] = self._build(type)
+            skipped = self.registry.aliases().get(type, {})
+            self._plans[type] = [step for step in every if step[0] not in skipped]
+        return every if aliases else self._plans[type]
 
     def _build(self, type: str) -> list[Step]:
         steps: list[Step] = []

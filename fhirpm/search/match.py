@@ -9,7 +9,7 @@ Paging and totals are not its business: `search` returns every match, in order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,9 @@ class MemoryIndex:
 
     def __init__(self) -> None:
         self.docs: dict[Key, Doc] = {}
+        # the query being searched's `aliases`: stored entries (those `extract` gives
+        # without `only`) have none of an alias's own
+        self._aliases: Mapping[str, Mapping[str, str]] = NO_ALIASES
         self._ordinals: dict[Key, int] = {}
         self._incoming: dict[Key, list[Doc]] | None = None
 
@@ -86,9 +89,13 @@ class MemoryIndex:
     def search(self, query: SearchQuery) -> tuple[list[Key], list[Key]]:
         """(matches in order, included resources in creation order)."""
         types = set(query.types)
-        found = [d for d in self.docs.values()
-                 if (not types or d.type in types) and all(self.holds(c, d) for c in query.where)]
-        found.sort(key=_order(query.sort))
+        self._aliases = query.aliases
+        try:
+            found = [d for d in self.docs.values() if (not types or d.type in types)
+                     and all(self.holds(c, d) for c in query.where)]
+        finally:
+            self._aliases = NO_ALIASES
+        found.sort(key=_order(query.sort, query.aliases))
         included = self._includes(found, query) if query.include or query.revinclude else []
         return [(d.type, d.id) for d in found], [(d.type, d.id) for d in included]
 
@@ -99,10 +106,10 @@ class MemoryIndex:
             case Param(code="_id", preds=preds):
                 return any(_id_matches(p, doc.id) for p in preds)
             case Param(code=code, preds=preds):
-                values = doc.values.get(code, ())
+                values = doc.values.get(self._code(doc, code), ())
                 return any(pred_matches(p, v) for p in preds for v in values)
             case Missing(code=code, missing=missing):
-                return (code != "_id" and not doc.values.get(code)) == missing
+                return (code != "_id" and not doc.values.get(self._code(doc, code))) == missing
             case Not(clause=inner):
                 return not self.holds(inner, doc)
             case AnyOf(clauses=clauses):
@@ -116,6 +123,9 @@ class MemoryIndex:
                 return any(self.holds(inner, other) for other in self._referring(doc)
                            if other.type == type_ and _points_at(other, code, doc))
         raise TypeError(f"unknown clause {clause!r}")
+
+    def _code(self, doc: Doc, code: str) -> str:
+        return self._aliases.get(doc.type, {}).get(code, code) if self._aliases else code
 
     def _referring(self, target: Doc) -> list[Doc]:
         """Docs holding a local reference to `target` (a map rebuilt after each change)."""
@@ -288,12 +298,16 @@ def _uri(pred: UriPred, uri: str) -> bool:
 _LAST = object()  # sorts after every value in either direction
 
 
-def sort_value(doc: Doc, key: SortKey) -> Any:
+NO_ALIASES: Mapping[str, Mapping[str, str]] = {}
+
+
+def sort_value(doc: Doc, key: SortKey,
+               aliases: Mapping[str, Mapping[str, str]] = NO_ALIASES) -> Any:
     """The value `doc` sorts by for `key`, or None when it has none."""
     if key.param == "_id":
         return doc.id
     candidates: list[Any] = []
-    for v in doc.values.get(key.param, ()):
+    for v in doc.values.get(aliases.get(doc.type, {}).get(key.param, key.param), ()):
         match v:
             case StringValue():
                 candidates.append(v.norm)
@@ -329,11 +343,12 @@ class _Desc:
         return isinstance(other, _Desc) and other.v == self.v
 
 
-def _order(keys: Sequence[SortKey]) -> Callable[[Doc], tuple]:
+def _order(keys: Sequence[SortKey],
+           aliases: Mapping[str, Mapping[str, str]]) -> Callable[[Doc], tuple]:
     def key(doc: Doc) -> tuple:
         parts: list[Any] = []
         for k in keys:
-            v = sort_value(doc, k)
+            v = sort_value(doc, k, aliases)
             # (missing?, value): missing values come last whatever the direction
             parts.append((1, 0) if v is None else (0, _Desc(v) if k.descending else v))
         parts.append(doc.ordinal)

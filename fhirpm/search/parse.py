@@ -139,7 +139,8 @@ class SearchParser:
             except BadParam as bad:
                 problems.append((key, bad))
         query_fields = self._results(ctx, results, out, problems)
-        out.query = SearchQuery(tuple(types), tuple(where), **query_fields)
+        out.query = SearchQuery(tuple(types), tuple(where), **query_fields,
+                                aliases=self.registry.aliases())
         out.issues = [Issue(bad.category.code, f"{key}: {bad}", severity="warning",
                             expression=(key,)) for key, bad in problems]
         if strict and problems:

@@ -85,6 +85,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from fhirpm.storage.port import ResourceVersion
 
 Prefix = Literal["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"]
@@ -245,6 +247,9 @@ class SearchQuery:
     cursor: str | None = None  # opaque, from a previous SearchResult of the same adapter
     max_include: int = 1000
     offset: int = 0  # transitional, for adapters not paging by cursor yet; SQLite ignores it
+    # `Registry.aliases()`: type -> code -> the code whose index entries it reads (set by
+    # the parser; a query built by hand names no alias); not part of the query's identity
+    aliases: Mapping[str, Mapping[str, str]] = field(default_factory=dict, compare=False)
 
 
 @dataclass(slots=True)

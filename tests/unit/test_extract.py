@@ -209,6 +209,25 @@ def test_custom_parameters_apply_without_restart():
     assert not [e for e in indexer.extract("Patient", patient) if e.param == "eye-colour"]
 
 
+def test_aliases_are_not_stored_but_extracted_when_asked_for():
+    registry = Registry.load_default()
+    indexer = RegistryIndexer(registry)
+    assert registry.aliases()["Patient"] == {"phonetic": "name"}
+    assert "phonetic" not in registry.aliases().get("Organization", {})  # name reads alias
+    stored = indexer.extract("Patient", PATIENT)
+    assert "phonetic" not in {e.param for e in stored}
+    asked = indexer.extract("Patient", PATIENT, only={"phonetic"})
+    assert [e.value for e in asked] == [e.value for e in stored if e.param == "name"]
+
+    # a custom definition that selects something else is no alias: its entries are stored
+    registry.add(SearchParamDef(code="phonetic", type="string", base=("Patient",),
+                                url="http://example.org/sp/phonetic",
+                                expression="Patient.name.text"))
+    assert "Patient" not in registry.aliases()
+    assert values(indexer, PATIENT, "phonetic") == [
+        StringValue("emilie anne durer", "Émilie  Anne Dürer")]
+
+
 async def test_the_server_indexes_with_the_registry(app, client, settings):
     repo = app.state.interactions.repo
     assert isinstance(repo.indexer, RegistryIndexer) and repo.indexer.registry is repo.registry

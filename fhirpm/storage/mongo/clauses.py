@@ -17,6 +17,7 @@ literal), as `$literal` inside expressions, and regex-escaped in `$regex`.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from fhirpm.search.query import (
@@ -190,8 +191,10 @@ class Compiler:
     """Compiles the clauses of one context type; `stages` collects the `$addFields` and
     `$lookup` stages that must run before the filter that `clause` returns."""
 
-    def __init__(self, counter: list[int] | None = None) -> None:
+    def __init__(self, aliases: Mapping[str, Mapping[str, str]] | None = None,
+                 counter: list[int] | None = None) -> None:
         self.stages: list[dict[str, Any]] = []
+        self.aliases = aliases or {}  # the query's (`SearchQuery.aliases`)
         self._counter = counter if counter is not None else [0]
 
     def _name(self, prefix: str) -> str:
@@ -203,11 +206,13 @@ class Compiler:
             case Param(code="_id", preds=preds):
                 return self._id(preds)
             case Param(code=code, preds=preds):
+                code = self.aliases.get(type, {}).get(code, code)
                 return any_of([f for p in preds if (f := _param(code, p)) is not None])
             case Missing(code="_id", missing=missing):
                 return FALSE if missing else TRUE
             case Missing(code=code, type=param_type, missing=missing):
-                return _missing(code, param_type, missing)
+                return _missing(self.aliases.get(type, {}).get(code, code), param_type,
+                                missing)
             case Not(clause=inner):
                 return {"$nor": [self.clause(inner, type)]}
             case AnyOf(clauses=clauses):
@@ -232,7 +237,7 @@ class Compiler:
 
     def _subpipeline(self, clause: Clause, type: str) -> list[dict[str, Any]]:
         """Live resources of `type` satisfying `clause`: at most one, only its id."""
-        inner = Compiler(self._counter)
+        inner = Compiler(self.aliases, self._counter)
         condition = inner.clause(clause, type)
         return [{"$match": {"del": False}}, *inner.stages, {"$match": condition},
                 {"$limit": 1}, {"$project": {"_id": 1}}]

@@ -31,7 +31,7 @@ visited in Python, never a collection.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,7 +81,7 @@ class Cursor:
 
 def type_pipeline(query: SearchQuery, type: str, snapshot: int) -> list[Stage]:
     """Live resources of `type` in the snapshot that satisfy every clause."""
-    compiler = Compiler()
+    compiler = Compiler(query.aliases)
     early: list[dict[str, Any]] = [{"del": False, "lv": {"$lte": snapshot}}]
     late: list[dict[str, Any]] = []
     for clause in query.where:
@@ -104,7 +104,18 @@ def matching(query: SearchQuery, types: Sequence[str], snapshot: int) -> list[St
     return stages
 
 
-def _sort_value(key: SortKey) -> Any:
+def _sort_code(key: SortKey, types: Sequence[str],
+               aliases: Mapping[str, Mapping[str, str]]) -> Any:
+    """The entries' code `key` reads: per type (`_t`) where one of `types` aliases it."""
+    code: Any = {"$literal": key.param}
+    for type_ in types:
+        alias = aliases.get(type_, {}).get(key.param)
+        if alias is not None:
+            code = {"$cond": [{"$eq": ["$_t", type_]}, {"$literal": alias}, code]}
+    return code
+
+
+def _sort_value(key: SortKey, code: Any) -> Any:
     if key.param == "_id":
         return "$_id"
     kind = KIND_OF_TYPE.get(key.type)
@@ -120,7 +131,7 @@ def _sort_value(key: SortKey) -> Any:
     }[kind]
     values = {"$map": {"input": {"$filter": {
         "input": {"$ifNull": [f"$ix.{kind}", []]}, "as": "e",
-        "cond": {"$eq": ["$$e.p", {"$literal": key.param}]}}}, "as": "e", "in": field}}
+        "cond": {"$eq": ["$$e.p", code]}}}, "as": "e", "in": field}}
     better = "$gt" if key.descending else "$lt"
     # min/max by $reduce: portable (no single-array $min/$max), skipping missing values
     return {"$reduce": {"input": values, "initialValue": None, "in": {"$cond": [
@@ -129,10 +140,12 @@ def _sort_value(key: SortKey) -> Any:
         {"$ifNull": ["$$this", "$$value"]}, "$$value"]}}}
 
 
-def sort_stages(sort: Sequence[SortKey]) -> list[Stage]:
+def sort_stages(sort: Sequence[SortKey], types: Sequence[str] = (),
+                aliases: Mapping[str, Mapping[str, str]] | None = None) -> list[Stage]:
     if not sort:
         return []
-    values = {f"_v{i}": _sort_value(k) for i, k in enumerate(sort)}
+    values = {f"_v{i}": _sort_value(k, _sort_code(k, types, aliases or {}))
+              for i, k in enumerate(sort)}
     flags = {f"_m{i}": {"$cond": [{"$eq": [{"$ifNull": [f"$_v{i}", None]}, None]}, 1, 0]}
              for i in range(len(sort))}
     return [{"$addFields": values}, {"$addFields": flags}]
@@ -192,7 +205,8 @@ class Search:
         sort = self.query.sort
         backward = cursor is not None and cursor.backward
         cols = columns(sort, backward)
-        stages = [*matching(self.query, self.types, self.snapshot), *sort_stages(sort)]
+        stages = [*matching(self.query, self.types, self.snapshot),
+                  *sort_stages(sort, self.types, self.query.aliases)]
         if cursor is not None and cursor.position is not None:
             stages.append({"$match": after(cols, cursor.position)})
         projection = {**_ROW_FIELDS, **{f: 1 for f, _ in cols}}

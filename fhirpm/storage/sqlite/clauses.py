@@ -13,7 +13,7 @@ Only SQL text and arguments come out of here; `search.py` plans and runs them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import count
 
@@ -41,6 +41,7 @@ from fhirpm.search.query import (
     UriPred,
 )
 
+NO_ALIASES: Mapping[str, Mapping[str, str]] = {}
 TABLE = {"string": "ix_string", "token": "ix_token", "reference": "ix_reference",
          "date": "ix_date", "number": "ix_number", "quantity": "ix_quantity", "uri": "ix_uri"}
 
@@ -64,8 +65,12 @@ class Row:
         return self.type or f"(SELECT type FROM resources WHERE rid = {self.rid})"
 
 
-def keys(types: Sequence[str], code: str) -> list[str]:
-    return [f"{t}.{code}" for t in types]
+def keys(types: Sequence[str], code: str,
+         aliases: Mapping[str, Mapping[str, str]] = NO_ALIASES) -> list[str]:
+    """The rows' `param` values of `code` on `types` (an alias: the code it reads)."""
+    if not aliases:
+        return [f"{t}.{code}" for t in types]
+    return [f"{t}.{aliases.get(t, NO_ALIASES).get(code, code)}" for t in types]
 
 
 def _in(column: str, values: Sequence[object]) -> Sql:
@@ -241,8 +246,9 @@ def _units(pred: QuantityPred, a: str) -> Sql:
 class Compiler:
     """Compiles clauses; one instance per statement, so table aliases never collide."""
 
-    def __init__(self) -> None:
+    def __init__(self, aliases: Mapping[str, Mapping[str, str]] = NO_ALIASES) -> None:
         self._n = count()
+        self.aliases = aliases  # the query's (`SearchQuery.aliases`)
 
     def alias(self, stem: str) -> str:
         return f"{stem}{next(self._n)}"
@@ -260,13 +266,13 @@ class Compiler:
                         "AND deleted = 0", t_in[1] + i_in[1])
             case Param(code=code, type=kind, preds=preds):
                 a = self.alias("a")
-                k = _in(f"{a}.param", keys(types, code))
+                k = _in(f"{a}.param", keys(types, code, self.aliases))
                 p = _any_pred(preds, a)
                 return (f"SELECT {a}.rid FROM {TABLE[kind]} {a} WHERE {k[0]} AND ({p[0]})",
                         k[1] + p[1])
             case Missing(code=code, type=kind, missing=False) if code != "_id":
                 a = self.alias("a")
-                k = _in(f"{a}.param", keys(types, code))
+                k = _in(f"{a}.param", keys(types, code, self.aliases))
                 return f"SELECT {a}.rid FROM {TABLE[kind]} {a} WHERE {k[0]}", k[1]
             case AnyOf(clauses=clauses):
                 parts = [self.rids(c, types) for c in clauses]
@@ -296,7 +302,7 @@ class Compiler:
 
     def _chain_rids(self, chain: Chain, types: Sequence[str]) -> Sql:
         a = self.alias("a")
-        k = _in(f"{a}.param", keys(types, chain.code))
+        k = _in(f"{a}.param", keys(types, chain.code, self.aliases))
         branches: list[Sql] = []
         for target, inner in chain.targets:
             branches.append(_and((f"{a}.ref_type = ?", [target]),
@@ -341,7 +347,7 @@ class Compiler:
                 return _in(row.id_expr(), ids) if ids else FALSE
             case Param(code=code, type=kind, preds=preds):
                 a = self.alias("a")
-                k = _in(f"{a}.param", keys(types, code))
+                k = _in(f"{a}.param", keys(types, code, self.aliases))
                 p = _or([pred_sql(pr, a) for pr in preds])
                 return (f"EXISTS (SELECT 1 FROM {_by_rid(kind, a)} WHERE {a}.rid = {row.rid} "
                         f"AND {k[0]} AND ({p[0]}))", k[1] + p[1])
@@ -349,7 +355,7 @@ class Compiler:
                 return FALSE if missing else TRUE
             case Missing(code=code, type=kind, missing=missing):
                 a = self.alias("a")
-                k = _in(f"{a}.param", keys(types, code))
+                k = _in(f"{a}.param", keys(types, code, self.aliases))
                 neg = "NOT " if missing else ""
                 return (f"{neg}EXISTS (SELECT 1 FROM {_by_rid(kind, a)} WHERE "
                         f"{a}.rid = {row.rid} AND {k[0]})", k[1])
@@ -368,7 +374,7 @@ class Compiler:
 
     def _chain_test(self, chain: Chain, types: Sequence[str], row: Row) -> Sql:
         a, t = self.alias("a"), self.alias("t")
-        k = _in(f"{a}.param", keys(types, chain.code))
+        k = _in(f"{a}.param", keys(types, chain.code, self.aliases))
         target_row = Row(f"{t}.rid", f"{t}.id", f"{t}.type")
         branches = [_and((f"{t}.type = ?", [target]), self.test(inner, [target], target_row))
                     for target, inner in chain.targets]
@@ -407,11 +413,12 @@ _SORT_COLUMN = {"string": ("ix_string", "s.norm"), "token": ("ix_token", "s.code
                 "reference": ("ix_reference", "coalesce(s.url, s.ref_type || '/' || s.ref_id)")}
 
 
-def sort_expr(key: SortKey, types: Sequence[str], rid: str, id_col: str) -> Sql:
+def sort_expr(key: SortKey, types: Sequence[str], rid: str, id_col: str,
+              aliases: Mapping[str, Mapping[str, str]] = NO_ALIASES) -> Sql:
     """`key`'s sort value for row `rid` (NULL when the resource has none)."""
     if key.param == "_id":
         return id_col, []
-    k = _in("s.param", keys(types, key.param))
+    k = _in("s.param", keys(types, key.param, aliases))
     agg = "max" if key.descending else "min"
     if key.type == "date":
         table, col = "ix_date", ("s.hi" if key.descending else "s.lo")

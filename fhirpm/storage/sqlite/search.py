@@ -148,7 +148,7 @@ class Planner:
         self.types = list(query.types) or list(_ALL_TYPES)
         self.snapshot = snapshot
         self.pinned = pinned  # a later page: resources must have been live at the snapshot
-        self.comp = Compiler()
+        self.comp = Compiler(query.aliases)
         self.row = Row("r.rid", "r.id", "r.type")
 
     def plan(self) -> Plan:
@@ -199,7 +199,7 @@ class Planner:
         clause = self.query.where[index]
         assert isinstance(clause, Param)
         pred = pred_sql(clause.preds[0], "a0")
-        key = keys(self.types, clause.code)[0]
+        key = keys(self.types, clause.code, self.comp.aliases)[0]
         tests = self._tests(index)
         driver = (f"a0.param = ? AND ({pred[0]}) AND a0.rid <= ?",
                   [key, *pred[1], self.snapshot.rid])
@@ -354,7 +354,7 @@ def _page_sql(planner: Planner, plan: Plan, cursor: Cursor | None, limit: int) -
                 plan.filters[1] + keyset[1])
     # The sort keys of every match are computed once into a small materialised table
     # (rid, seq, keys); the page is cut from it, and only the page's rows read history.
-    exprs = [sort_expr(k, planner.types, "r.rid", "r.id") for k in sort]
+    exprs = [sort_expr(k, planner.types, "r.rid", "r.id", planner.comp.aliases) for k in sort]
     key_cols = ", ".join(f"{s} AS k{i}" for i, (s, _) in enumerate(exprs))
     names = ", ".join(f"p.k{i}" for i in range(len(sort)))
     keyed = (f"SELECT r.rid AS rid, r.seq AS seq, {key_cols} FROM {plan.source} "
