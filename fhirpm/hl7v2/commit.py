@@ -151,7 +151,7 @@ class Committer:
         for res in resources:
             if res.identity is not None:
                 groups.setdefault(res.identity.type, []).append(res)
-        out = {r.key: (None, _new_id(r), None) for r in resources}
+        out: dict[str, tuple[ResourceVersion | None, str, dict[str, Any] | None]] = {}
         chunks = [(type_, group[n:n + LOOKUP_CHUNK]) for type_, group in groups.items()
                   for n in range(0, len(group), LOOKUP_CHUNK)]
         queries = [_identity_query(type_, chunk) for type_, chunk in chunks]
@@ -174,7 +174,8 @@ class Committer:
                 if hits:
                     (version, body), = hits
                     out[res.key] = (version, version.id, body)
-        return out
+        # the others get their ids only now: most of a message's resources are found
+        return {r.key: out.get(r.key) or (None, _new_id(r), None) for r in resources}
 
     def _parsed_body(self, version: ResourceVersion) -> dict[str, Any]:
         body = self._parsed.get(version.body)
