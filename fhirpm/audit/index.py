@@ -79,7 +79,6 @@ def _is_patient(reference: str) -> bool:
 
 
 PICKERS: dict[str, Picker] = {
-    "_id": _field("id"),
     "_lastUpdated": _field("meta", "lastUpdated"),
     "_profile": _field("meta", "profile"),
     "_security": _field("meta", "security"),
@@ -107,7 +106,7 @@ PICKERS: dict[str, Picker] = {
 
 
 # parameters whose values are new in (nearly) every event: converted without the cache
-_UNIQUE = frozenset({"_id", "_lastUpdated", "date"})
+_UNIQUE = frozenset({"_lastUpdated", "date"})
 _CACHE_LIMIT = 50_000
 
 

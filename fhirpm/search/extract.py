@@ -67,6 +67,9 @@ MIN_INSTANT = date_range("0001")[0]  # type: ignore[index]
 MAX_INSTANT = date_range("9999")[1]  # type: ignore[index]
 CURRENCY_SYSTEM = "urn:iso:std:iso:4217"
 OF_TYPE_SUFFIX = ":of-type"
+# Parameters every store adapter (and the in-memory oracle) answers from the resource
+# itself, never from index entries: `_id` is its id. Extracted only when asked for (`only`).
+FROM_THE_RESOURCE = frozenset({"_id"})
 
 Converter = Callable[[Any], Iterator[IndexValue]]
 
@@ -355,7 +358,8 @@ class RegistryIndexer:
         """`only`: just these parameter codes (an access check needs a few, not all; an
         alias among them gets its own entries); `exclude`: all but these (`meta_codes`,
         when the meta is not final yet). Without `only`, the entries to store: none for
-        the registry's aliases (their searches read the entries of the code they alias)."""
+        the registry's aliases (their searches read the entries of the code they alias)
+        nor for `FROM_THE_RESOURCE`."""
         steps = self.plan(type) if only is None else self.plan(type, aliases=True)
         return self._run(type, steps, resource, only, exclude)
 
@@ -429,7 +433,7 @@ class RegistryIndexer:
         every = self._every.get(type)
         if every is None:
             every = self._every[type] = self._build(type)
-            skipped = self.registry.aliases().get(type, {})
+            skipped = self.registry.aliases().get(type, {}).keys() | FROM_THE_RESOURCE
             self._plans[type] = [step for step in every if step[0] not in skipped]
         return every if aliases else self._plans[type]
 

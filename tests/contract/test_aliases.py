@@ -1,7 +1,8 @@
-"""Contract: a parameter that selects what another of its type selects (`phonetic` and
-`name` on Patient) is stored once and searched, sorted and `:missing`-tested through the
-other's entries on every store, also beside a type where it is no alias (Organization,
-whose `name` reads `alias` too)."""
+"""Contract: what extraction leaves out of the stored index entries is still searched on
+every store: a parameter that selects what another of its type selects (`phonetic` and
+`name` on Patient) through the other's entries, also beside a type where it is no alias
+(Organization, whose `name` reads `alias` too); `_id` from the resource's id, in chains
+and `_has` too."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ RESOURCES: list[dict[str, Any]] = [
     {"resourceType": "Patient", "id": "p3", "gender": "male"},
     {"resourceType": "Organization", "id": "o1", "name": "Smythe Clinic"},
     {"resourceType": "Organization", "id": "o2", "name": "Acme", "alias": ["Smythson"]},
+    {"resourceType": "Encounter", "id": "e1", "status": "finished",
+     "class": {"code": "AMB"}, "subject": {"reference": "Patient/p1"}},
 ]
 
 
@@ -59,3 +62,18 @@ async def test_an_alias_is_stored_once_and_searched_through_the_other(
     assert sorted(both) == ["o1", "p1"]
     assert sorted(await _ids(store, parser, ["Organization"], [("name", "smyth")])) == [
         "o1", "o2"]
+
+
+async def test_id_is_searched_without_entries_of_its_own(store: ResourceStore) -> None:
+    registry = Registry.load_default()
+    parser = SearchParser(registry)
+    await _load(store, RegistryIndexer(registry))
+    assert "_id" not in {e.param for e in await stored_index(store, "Patient", "p1")}
+
+    assert sorted(await _ids(store, parser, ["Patient"], [("_id", "p1,p3")])) == ["p1", "p3"]
+    assert sorted(await _ids(store, parser, ["Patient"], [("_id:not", "p1")])) == ["p2", "p3"]
+    assert await _ids(store, parser, ["Encounter"], [("subject._id", "p1")]) == ["e1"]
+    assert await _ids(store, parser, ["Encounter"], [("subject._id", "p2")]) == []
+    assert await _ids(store, parser, ["Patient"], [("_has:Encounter:subject:_id", "e1")]) == [
+        "p1"]
+    assert await _ids(store, parser, ["Patient"], [("_sort", "-_id")]) == ["p3", "p2", "p1"]

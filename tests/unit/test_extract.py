@@ -81,7 +81,10 @@ def test_tokens(indexer):
     assert values(indexer, PATIENT, "phone") == [TokenValue("phone", "555-0100")]
     assert values(indexer, PATIENT, "email") == [TokenValue("email", "e@example.org")]
     assert values(indexer, PATIENT, "deceased") == [TokenValue(None, "false")]
-    assert values(indexer, PATIENT, "_id") == [TokenValue(None, "p1")]
+    # stores answer `_id` from the resource's id: extracted only when asked for
+    assert values(indexer, PATIENT, "_id") == []
+    assert [e.value for e in indexer.extract("Patient", PATIENT, only={"_id"})] == [
+        TokenValue(None, "p1")]
     assert values(indexer, PATIENT, "_tag") == [TokenValue("http://tags", "vip", "v.i.p.")]
     assert values(indexer, PATIENT, "_security") == [TokenValue("http://sec", "R")]
 
