@@ -50,6 +50,7 @@ from fhirpm.search.values import (
 )
 
 Key = tuple[str, str]  # (type, id)
+NO_ALIASES: Mapping[str, Mapping[str, str]] = {}  # `SearchQuery.aliases` of no alias
 
 
 @dataclass(slots=True)
@@ -296,9 +297,6 @@ def _uri(pred: UriPred, uri: str) -> bool:
 # -- ordering -----------------------------------------------------------------------------
 
 _LAST = object()  # sorts after every value in either direction
-
-
-NO_ALIASES: Mapping[str, Mapping[str, str]] = {}
 
 
 def sort_value(doc: Doc, key: SortKey,

@@ -8,6 +8,9 @@ RelatedPerson, whose phonetic expression is their `name`; not on Organization, w
 `name` also reads `alias`). `aliases()` is the table, per type, that extraction and every
 store adapter share (a query carries it: `SearchQuery.aliases`). References are left out:
 compartment membership, reach and `_include` name them directly.
+
+Table format (fhirpm/fhir/tables/search_parameters.json, made by `python -m
+scripts.gen_tables`): a JSON list of objects with the keys of `SearchParamDef`.
 """
 
 from __future__ import annotations
