@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhirpm.search.query import (
+    NO_ALIASES,
     AllOf,
     AnyOf,
     Chain,
@@ -50,7 +51,6 @@ from fhirpm.search.values import (
 )
 
 Key = tuple[str, str]  # (type, id)
-NO_ALIASES: Mapping[str, Mapping[str, str]] = {}  # `SearchQuery.aliases` of no alias
 
 
 @dataclass(slots=True)

@@ -90,6 +90,7 @@ if TYPE_CHECKING:
     from fhirpm.storage.port import ResourceVersion
 
 Prefix = Literal["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"]
+NO_ALIASES: Mapping[str, Mapping[str, str]] = {}  # `SearchQuery.aliases` naming none
 PREFIXES: tuple[str, ...] = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 
 

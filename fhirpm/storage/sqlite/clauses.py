@@ -19,6 +19,7 @@ from itertools import count
 
 from fhirpm.search.normalize import fold
 from fhirpm.search.query import (
+    NO_ALIASES,
     AllOf,
     AnyOf,
     Chain,
@@ -41,7 +42,6 @@ from fhirpm.search.query import (
     UriPred,
 )
 
-NO_ALIASES: Mapping[str, Mapping[str, str]] = {}
 TABLE = {"string": "ix_string", "token": "ix_token", "reference": "ix_reference",
          "date": "ix_date", "number": "ix_number", "quantity": "ix_quantity", "uri": "ix_uri"}
 
