@@ -152,6 +152,25 @@ def test_site_mapping_directory_overrides_a_definition(tmp_path: Path) -> None:
     assert patient.body["gender"] == "other"
 
 
+def test_a_written_reference_must_name_a_top_level_element(tmp_path: Path) -> None:
+    import copy
+
+    import yaml
+
+    base = Path(__file__).parents[2] / "mappings"
+    structure = copy.deepcopy(MappingSet.load(base).messages["ADT_A01"])
+    for row in structure["references"]:
+        if row.get("written"):
+            row["path"] = "entity[].what"  # nested: nothing the committer could trim
+    (tmp_path / "messages").mkdir()
+    (tmp_path / "messages" / "site.yaml").write_text(yaml.safe_dump({"ADT_A01": structure}))
+    engine = Engine(MappingSet.load(base, tmp_path))
+    with pytest.raises(V2Error) as raised:
+        engine.map(parser.parse(adt("A01")))
+    assert raised.value.category is Category.INTERNAL
+    assert "top-level `path`" in str(raised.value)
+
+
 def test_z_segment_is_not_mapped_but_not_an_error() -> None:
     result = mapped(adt(extra="ZPI|1|custom"))
     assert one(result, "Patient")
