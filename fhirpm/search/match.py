@@ -37,6 +37,7 @@ from fhirpm.search.query import (
     TokenPred,
     TokenTextPred,
     UriPred,
+    indexed_as,
 )
 from fhirpm.search.values import (
     DateValue,
@@ -67,9 +68,6 @@ class MemoryIndex:
 
     def __init__(self) -> None:
         self.docs: dict[Key, Doc] = {}
-        # the query being searched's `aliases`: stored entries (those `extract` gives
-        # without `only`) have none of an alias's own
-        self._aliases: Mapping[str, Mapping[str, str]] = NO_ALIASES
         self._ordinals: dict[Key, int] = {}
         self._incoming: dict[Key, list[Doc]] | None = None
 
@@ -89,44 +87,41 @@ class MemoryIndex:
 
     def search(self, query: SearchQuery) -> tuple[list[Key], list[Key]]:
         """(matches in order, included resources in creation order)."""
-        types = set(query.types)
-        self._aliases = query.aliases
-        try:
-            found = [d for d in self.docs.values() if (not types or d.type in types)
-                     and all(self.holds(c, d) for c in query.where)]
-        finally:
-            self._aliases = NO_ALIASES
+        types, aliases = set(query.types), query.aliases
+        found = [d for d in self.docs.values() if (not types or d.type in types)
+                 and all(self.holds(c, d, aliases) for c in query.where)]
         found.sort(key=_order(query.sort, query.aliases))
         included = self._includes(found, query) if query.include or query.revinclude else []
         return [(d.type, d.id) for d in found], [(d.type, d.id) for d in included]
 
     # -- clauses --------------------------------------------------------------------
 
-    def holds(self, clause: Clause, doc: Doc) -> bool:
+    def holds(self, clause: Clause, doc: Doc,
+              aliases: Mapping[str, Mapping[str, str]] = NO_ALIASES) -> bool:
+        """`aliases`: the query's (`SearchQuery.aliases`); entries extracted to be stored
+        have none of an alias's own, entries extracted `only` for the clause do."""
         match clause:
             case Param(code="_id", preds=preds):
                 return any(_id_matches(p, doc.id) for p in preds)
             case Param(code=code, preds=preds):
-                values = doc.values.get(self._code(doc, code), ())
+                values = doc.values.get(indexed_as(aliases, doc.type, code), ())
                 return any(pred_matches(p, v) for p in preds for v in values)
             case Missing(code=code, missing=missing):
-                return (code != "_id" and not doc.values.get(self._code(doc, code))) == missing
+                return (code != "_id"
+                        and not doc.values.get(indexed_as(aliases, doc.type, code))) == missing
             case Not(clause=inner):
-                return not self.holds(inner, doc)
+                return not self.holds(inner, doc, aliases)
             case AnyOf(clauses=clauses):
-                return any(self.holds(c, doc) for c in clauses)
+                return any(self.holds(c, doc, aliases) for c in clauses)
             case AllOf(clauses=clauses):
-                return all(self.holds(c, doc) for c in clauses)
+                return all(self.holds(c, doc, aliases) for c in clauses)
             case Chain(code=code, targets=targets):
-                return any(self._chain_holds(ref, targets)
+                return any(self._chain_holds(ref, targets, aliases)
                            for ref in doc.values.get(code, ()) if isinstance(ref, ReferenceValue))
             case Has(type=type_, code=code, clause=inner):
-                return any(self.holds(inner, other) for other in self._referring(doc)
+                return any(self.holds(inner, other, aliases) for other in self._referring(doc)
                            if other.type == type_ and _points_at(other, code, doc))
         raise TypeError(f"unknown clause {clause!r}")
-
-    def _code(self, doc: Doc, code: str) -> str:
-        return self._aliases.get(doc.type, {}).get(code, code) if self._aliases else code
 
     def _referring(self, target: Doc) -> list[Doc]:
         """Docs holding a local reference to `target` (a map rebuilt after each change)."""
@@ -139,13 +134,14 @@ class MemoryIndex:
                             self._incoming.setdefault((v.type or "", v.id), []).append(doc)
         return self._incoming.get((target.type, target.id), [])
 
-    def _chain_holds(self, ref: ReferenceValue, targets: Sequence[tuple[str, Clause]]) -> bool:
+    def _chain_holds(self, ref: ReferenceValue, targets: Sequence[tuple[str, Clause]],
+                     aliases: Mapping[str, Mapping[str, str]]) -> bool:
         if ref.url is not None or ref.id is None:
             return False
         for target_type, clause in targets:
             if ref.type == target_type:
                 target = self.docs.get((target_type, ref.id))
-                if target is not None and self.holds(clause, target):
+                if target is not None and self.holds(clause, target, aliases):
                     return True
         return False
 
@@ -305,7 +301,7 @@ def sort_value(doc: Doc, key: SortKey,
     if key.param == "_id":
         return doc.id
     candidates: list[Any] = []
-    for v in doc.values.get(aliases.get(doc.type, {}).get(key.param, key.param), ()):
+    for v in doc.values.get(indexed_as(aliases, doc.type, key.param), ()):
         match v:
             case StringValue():
                 candidates.append(v.norm)

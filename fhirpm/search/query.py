@@ -253,6 +253,11 @@ class SearchQuery:
     aliases: Mapping[str, Mapping[str, str]] = field(default_factory=dict, compare=False)
 
 
+def indexed_as(aliases: Mapping[str, Mapping[str, str]], type: str, code: str) -> str:
+    """The code whose index entries serve `code` on `type`, by a query's `aliases`."""
+    return aliases.get(type, NO_ALIASES).get(code, code) if aliases else code
+
+
 @dataclass(slots=True)
 class SearchResult:
     matches: list[ResourceVersion]

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fhirpm.search.query import (
+    NO_ALIASES,
     AllOf,
     AnyOf,
     Chain,
@@ -40,6 +41,7 @@ from fhirpm.search.query import (
     TokenPred,
     TokenTextPred,
     UriPred,
+    indexed_as,
 )
 from fhirpm.storage.mongo import schema
 
@@ -194,7 +196,7 @@ class Compiler:
     def __init__(self, aliases: Mapping[str, Mapping[str, str]] | None = None,
                  counter: list[int] | None = None) -> None:
         self.stages: list[dict[str, Any]] = []
-        self.aliases = aliases or {}  # the query's (`SearchQuery.aliases`)
+        self.aliases = aliases or NO_ALIASES  # the query's (`SearchQuery.aliases`)
         self._counter = counter if counter is not None else [0]
 
     def _name(self, prefix: str) -> str:
@@ -206,13 +208,12 @@ class Compiler:
             case Param(code="_id", preds=preds):
                 return self._id(preds)
             case Param(code=code, preds=preds):
-                code = self.aliases.get(type, {}).get(code, code)
+                code = indexed_as(self.aliases, type, code)
                 return any_of([f for p in preds if (f := _param(code, p)) is not None])
             case Missing(code="_id", missing=missing):
                 return FALSE if missing else TRUE
             case Missing(code=code, type=param_type, missing=missing):
-                return _missing(self.aliases.get(type, {}).get(code, code), param_type,
-                                missing)
+                return _missing(indexed_as(self.aliases, type, code), param_type, missing)
             case Not(clause=inner):
                 return {"$nor": [self.clause(inner, type)]}
             case AnyOf(clauses=clauses):

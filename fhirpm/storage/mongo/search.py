@@ -39,7 +39,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from fhirpm.search import cursor_token
-from fhirpm.search.query import Include, SearchQuery, SearchResult, SortKey
+from fhirpm.search.query import Include, SearchQuery, SearchResult, SortKey, indexed_as
 from fhirpm.storage.mongo import schema
 from fhirpm.storage.mongo.clauses import KIND_OF_TYPE, Compiler, all_of
 from fhirpm.storage.port import ResourceVersion
@@ -109,8 +109,8 @@ def _sort_code(key: SortKey, types: Sequence[str],
     """The entries' code `key` reads: per type (`_t`) where one of `types` aliases it."""
     code: Any = {"$literal": key.param}
     for type_ in types:
-        alias = aliases.get(type_, {}).get(key.param)
-        if alias is not None:
+        alias = indexed_as(aliases, type_, key.param)
+        if alias != key.param:
             code = {"$cond": [{"$eq": ["$_t", type_]}, {"$literal": alias}, code]}
     return code
 

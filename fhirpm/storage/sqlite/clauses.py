@@ -40,6 +40,7 @@ from fhirpm.search.query import (
     TokenPred,
     TokenTextPred,
     UriPred,
+    indexed_as,
 )
 
 TABLE = {"string": "ix_string", "token": "ix_token", "reference": "ix_reference",
@@ -68,9 +69,7 @@ class Row:
 def keys(types: Sequence[str], code: str,
          aliases: Mapping[str, Mapping[str, str]] = NO_ALIASES) -> list[str]:
     """The rows' `param` values of `code` on `types` (an alias: the code it reads)."""
-    if not aliases:
-        return [f"{t}.{code}" for t in types]
-    return [f"{t}.{aliases.get(t, NO_ALIASES).get(code, code)}" for t in types]
+    return [f"{t}.{indexed_as(aliases, t, code)}" for t in types]
 
 
 def _in(column: str, values: Sequence[object]) -> Sql:
